@@ -1,0 +1,43 @@
+# lcnn-lab: two commands for a newcomer.
+#   make book   build the HTML book into _build/html/ (executes every notebook at LCNN_BUDGET, default quick)
+#   make test   run the whole test suite (unit tests, notebooks at the smoke budget, a book build check)
+#   make lab    open the notebooks in JupyterLab
+# Both create .venv on first use and install the pinned requirements into it.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: env data book test lab bench clean
+
+env: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (lcnn-lab)" >/dev/null
+	touch $(STAMP)
+
+# Find CIFAR-10 ($$LCNN_DATA, the cache, or download it) and decode it once into the cache.
+data: env
+	$(BIN)/python -m lcnn_lab.data
+
+book: env data
+	LCNN_BUDGET=$${LCNN_BUDGET:-quick} $(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going
+	@echo "Open _build/html/index.html"
+
+test: env data
+	$(BIN)/python -m pytest
+
+lab: env
+	$(BIN)/jupyter lab notebooks/
+
+bench: env data
+	$(BIN)/python benchmarks/latency.py
+	$(BIN)/python benchmarks/train_speed.py
+
+clean:
+	rm -rf _build

@@ -1,0 +1,140 @@
+"""Shared settings, read in one place: device, threads, seeding, budget and folders.
+
+The only environment variables lcnn_lab reads are documented here:
+
+=================  ==============================================================
+``LCNN_BUDGET``    ``smoke`` | ``quick`` | ``full``: how much training a run may do.
+                   Default: ``full`` on a GPU, ``quick`` on a CPU.
+``LCNN_DATA``      A folder holding CIFAR-10 (official release or an image-folder
+                   mirror); see :mod:`lcnn_lab.data`.
+``LCNN_DEVICE``    Force a device (``cpu``, ``cuda``, ``mps``). Default: the best one.
+``LCNN_THREADS``   CPU threads for training and latency. Default: all cores.
+``LCNN_CACHE``     Per-user cache folder (data, checkpoints). Default:
+                   ``$XDG_CACHE_HOME/lcnn-lab`` or ``~/.cache/lcnn-lab``.
+``LCNN_RESULTS``   The results store. Default: ``results/`` at the repository
+                   root when run from a checkout, else ``<cache>/results``.
+=================  ==============================================================
+"""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ENV_VARS = ("LCNN_BUDGET", "LCNN_DATA", "LCNN_DEVICE", "LCNN_THREADS", "LCNN_CACHE", "LCNN_RESULTS")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+# ----------------------------------------------------------------------------------------------
+# Budget
+
+@dataclass(frozen=True)
+class Budget:
+    """How much work one training run may do. Every training run in the book goes through one."""
+    name: str
+    epochs: float            # passes over the (possibly subsampled) training set
+    train_images: int | None  # None = all 50,000 training images
+    eval_images: int | None   # test images used for the reported accuracy; None = all 10,000
+    max_seconds: float | None  # hard stop on training wall time; None = no limit
+
+    def __str__(self) -> str:
+        return self.name
+
+
+BUDGETS = {
+    # seconds per notebook: proves the code runs, accuracies are barely above chance
+    "smoke": Budget("smoke", epochs=1, train_images=2_000, eval_images=1_000, max_seconds=20),
+    # a few minutes per notebook on 2 CPU cores: accuracies show the trend, not the ceiling
+    "quick": Budget("quick", epochs=2, train_images=None, eval_images=None, max_seconds=120),
+    # real accuracies: the baseline passes 85 % here (default on a GPU)
+    "full": Budget("full", epochs=16, train_images=None, eval_images=None, max_seconds=None),
+}
+
+
+def get_budget(budget: str | Budget | None = None) -> Budget:
+    """The budget to use: the argument, else ``$LCNN_BUDGET``, else ``full`` on a GPU and ``quick`` on a CPU."""
+    if isinstance(budget, Budget):
+        return budget
+    name = budget or os.environ.get("LCNN_BUDGET") or ("quick" if get_device().type == "cpu" else "full")
+    name = name.strip().lower()
+    if name not in BUDGETS:
+        raise ValueError(f"budget {name!r} is not one of {', '.join(BUDGETS)} "
+                         "(set LCNN_BUDGET to smoke, quick or full)")
+    return BUDGETS[name]
+
+
+# ----------------------------------------------------------------------------------------------
+# Device, threads, seed
+
+def get_device(device: str | torch.device | None = None) -> torch.device:
+    """The device to compute on: the argument, else ``$LCNN_DEVICE``, else cuda, then mps, then cpu."""
+    choice = device or os.environ.get("LCNN_DEVICE")
+    if choice:
+        dev = torch.device(choice)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {choice!r} was asked for, but this machine has no CUDA GPU")
+        if dev.type == "mps" and not torch.backends.mps.is_available():
+            raise ValueError(f"device {choice!r} was asked for, but MPS is not available here")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def get_threads(threads: int | None = None) -> int:
+    """CPU thread count: the argument, else ``$LCNN_THREADS``, else the number of usable cores."""
+    if threads is None and os.environ.get("LCNN_THREADS"):
+        threads = int(os.environ["LCNN_THREADS"])
+    if threads is None:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if threads < 1:
+        raise ValueError(f"threads={threads} must be at least 1")
+    return threads
+
+
+def set_threads(threads: int | None = None) -> int:
+    """Set torch's intra-op thread count explicitly and return it."""
+    n = get_threads(threads)
+    torch.set_num_threads(n)
+    return n
+
+
+def seed_everything(seed: int = 0) -> None:
+    """Seed Python, NumPy and torch (all devices) so a run can be repeated."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------------------------
+# Folders
+
+def cache_dir() -> Path:
+    """Per-user cache folder (created on demand)."""
+    root = os.environ.get("LCNN_CACHE")
+    if root:
+        path = Path(root).expanduser()
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        path = (Path(xdg) if xdg else Path.home() / ".cache") / "lcnn-lab"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def results_dir() -> Path:
+    """Folder of the results store: ``$LCNN_RESULTS``, else the checkout's ``results/``, else the cache."""
+    root = os.environ.get("LCNN_RESULTS")
+    if root:
+        path = Path(root).expanduser()
+    elif (REPO_ROOT / "pyproject.toml").exists():
+        path = REPO_ROOT / "results"
+    else:
+        path = cache_dir() / "results"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
