@@ -1,0 +1,139 @@
+"""The results store: measured numbers kept on disk, so nothing is computed twice.
+
+Each entry is one small JSON file, named by a hash of its *key*: what was measured (model name and knobs,
+train config, budget, data source, device kind, package version). It holds the metrics and their
+provenance (when, where, how long). The design choices, and why:
+
+* **One file per entry.** Two notebooks writing at the same time touch different files, or replace the
+  same file whole; there is no shared index to corrupt.
+* **Atomic writes.** An entry is written to a temporary file in the same folder, flushed to disk and then
+  renamed over its final name (``os.replace`` is atomic on POSIX and Windows). A run interrupted by
+  Ctrl-C or a kernel restart leaves either the old entry, the new one, or a stray temporary file that is
+  ignored, never half an entry.
+* **Unreadable entries are skipped with a warning**, never fatal: the number is simply computed again.
+* **Plain JSON in ``results/``**, so the store can be committed and the published book is reproducible.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from . import __version__, config
+
+FORMAT = 1  # bump when the entry layout changes; older entries are then ignored
+
+
+def _canonical(obj: Any) -> Any:
+    """Make a key JSON-stable: dataclasses become dicts, tuples lists, dict keys sorted by json.dumps."""
+    if hasattr(obj, "__dataclass_fields__"):
+        return {k: _canonical(getattr(obj, k)) for k in obj.__dataclass_fields__}
+    if isinstance(obj, dict):
+        return {str(k): _canonical(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_canonical(v) for v in obj]
+    if isinstance(obj, float) and obj.is_integer():
+        return int(obj)  # so that width=1 and width=1.0 name the same entry
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return str(obj)
+
+
+def make_key(kind: str, **parts: Any) -> dict:
+    """A store key: ``kind`` (e.g. "train", "latency") plus whatever identifies the measurement.
+
+    The package version is always part of the key, so a new release never reads numbers that an older
+    version of the code measured.
+    """
+    return _canonical({"kind": kind, "version": __version__, **parts})
+
+
+def key_hash(key: dict) -> str:
+    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a partial one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # also on KeyboardInterrupt: leave no temporary file behind
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+class ResultsStore:
+    """An on-disk store of measured results. ``ResultsStore()`` opens the default one (``results/``)."""
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = Path(root) if root is not None else config.results_dir()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"ResultsStore({str(self.root)!r})"
+
+    def path(self, key: dict) -> Path:
+        return self.root / key.get("kind", "misc") / f"{key_hash(key)}.json"
+
+    def _read(self, path: Path) -> dict | None:
+        try:
+            entry = json.loads(path.read_text())
+            if not isinstance(entry, dict) or entry.get("format") != FORMAT \
+                    or not isinstance(entry.get("metrics"), dict):
+                raise ValueError("not an entry of this format")
+            return entry
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:  # JSONDecodeError is a ValueError
+            warnings.warn(f"results store: skipping unreadable entry {path} ({e}); it will be recomputed",
+                          stacklevel=3)
+            return None
+
+    def get(self, key: dict) -> dict | None:
+        """The stored entry ``{"key", "metrics", "provenance"}`` for ``key``, or None."""
+        entry = self._read(self.path(key))
+        if entry is not None and entry.get("key") != key:  # a hash collision, or a hand-edited file
+            return None
+        return entry
+
+    def put(self, key: dict, metrics: dict, provenance: dict | None = None) -> dict:
+        """Store ``metrics`` (JSON-serialisable) under ``key``, atomically; returns the entry."""
+        entry = {"format": FORMAT, "key": key, "metrics": _canonical(metrics),
+                 "provenance": _canonical({"saved": time.strftime("%Y-%m-%d %H:%M:%S"), **(provenance or {})})}
+        atomic_write_bytes(self.path(key), json.dumps(entry, indent=1, sort_keys=True).encode())
+        return entry
+
+    def get_or_compute(self, key: dict, compute: Callable[[], tuple[dict, dict] | dict]) -> dict:
+        """The stored entry for ``key``; if missing, run ``compute()`` (returning metrics, or
+        ``(metrics, provenance)``), store its result and return the new entry."""
+        entry = self.get(key)
+        if entry is None:
+            out = compute()
+            metrics, provenance = out if isinstance(out, tuple) else (out, {})
+            entry = self.put(key, metrics, provenance)
+        return entry
+
+    def entries(self, kind: str | None = None) -> Iterator[dict]:
+        """Every readable entry (of one ``kind``), skipping unreadable ones with a warning."""
+        folders = [self.root / kind] if kind else [p for p in self.root.iterdir() if p.is_dir()]
+        for folder in folders:
+            for path in sorted(folder.glob("*.json")):
+                entry = self._read(path)
+                if entry is not None:
+                    yield entry
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.entries())
