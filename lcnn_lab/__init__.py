@@ -1,4 +1,9 @@
-"""lcnn_lab: the helper package behind the lcnn-lab book on lightweight CNNs and model compression."""
+"""lcnn_lab: the helper package behind the lcnn-lab book on lightweight CNNs and model compression.
+
+    import lcnn_lab as lab
+    model = lab.models.create_model("cifar_net", kernel_size=5, groups=4)
+    print(lab.profile.profile(model))
+"""
 __version__ = "0.1.0"
 
-from . import config  # noqa: E402,F401
+from . import config, data, layers, models, profile, results, train  # noqa: E402,F401

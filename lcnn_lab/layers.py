@@ -1,0 +1,308 @@
+"""Convolution variants for lightweight CNNs, one small module each (long2024 §2.1-2.2, li2023 §6).
+
+Every variant maps ``(B, c_in, H, W) -> (B, c_out, H, W)`` at stride 1 ("same" padding), so any of
+them can replace a standard k x k convolution inside a network. All convolutions are bias-free:
+in our models a BatchNorm follows, and its shift makes a conv bias redundant.
+
+==============================  =======================================  ==========================
+variant                         what it replaces a k x k conv with       cost vs. one k x k conv
+==============================  =======================================  ==========================
+``ConvKxK(groups=g)``           g independent convs on c/g channels      params, MACs: 1/g
+``StackedConv3x3``              (k-1)/2 stacked 3 x 3 convs              5x5: 18/25, 7x7: 27/49
+``FactorizedConv``              a 1 x k conv then a k x 1 conv           2/k
+``DepthwiseSeparableConv``      depthwise k x k, then pointwise 1 x 1    1/c_out + 1/k^2
+``Bottleneck1x1(reduction=r)``  1 x 1 reduce, k x k, 1 x 1 expand        1/r^2 + 2/(r k^2)
+==============================  =======================================  ==========================
+
+(The ratios hold for c_in = c_out; :mod:`lcnn_lab.profile` has the exact formulas and the tests
+check every one against fvcore.) ``make_conv`` picks a variant from plain arguments, so a model or
+a widget can sweep kernel size x design x groups without knowing the classes.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+__all__ = [
+    "KERNEL_SIZES", "DESIGNS",
+    "ConvKxK", "StackedConv3x3", "FactorizedConv", "DepthwiseSeparableConv", "Bottleneck1x1",
+    "channel_shuffle", "ChannelShuffle", "make_conv",
+    "check_kernel_size", "check_design", "check_groups",
+]
+
+# Odd sizes only: an odd kernel has a centre pixel, so padding k // 2 keeps H x W unchanged.
+KERNEL_SIZES = (1, 3, 5, 7, 9)
+# design name -> what it means (make_conv's ``design`` argument)
+DESIGNS = {
+    "single": "one k x k convolution",
+    "stacked": "(k-1)/2 stacked 3 x 3 convolutions with the receptive field of one k x k",
+    "factorized": "a 1 x k convolution followed by a k x 1 convolution",
+    "bottleneck": "1 x 1 reduce -> k x k -> 1 x 1 expand",
+}
+
+NormLayer = Callable[[int], nn.Module]   # e.g. nn.BatchNorm2d: called with the channel count
+ActLayer = Callable[[], nn.Module]       # e.g. nn.ReLU or nn.GELU: called with no arguments
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation, in the learner's words
+
+def check_kernel_size(k: int, design: str = "single") -> int:
+    """Return ``k`` if it is a supported kernel size for ``design``, else raise ``ValueError``."""
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise ValueError(f"kernel size k={k!r} must be an int, one of {', '.join(map(str, KERNEL_SIZES))}")
+    if k % 2 == 0:
+        raise ValueError(f"kernel size k={k} is even; it must be odd (one of "
+                         f"{', '.join(map(str, KERNEL_SIZES))}) so the kernel has a centre pixel "
+                         f"and padding k//2 keeps the feature map size")
+    if k not in KERNEL_SIZES:
+        raise ValueError(f"kernel size k={k} is not supported; choose one of "
+                         f"{', '.join(map(str, KERNEL_SIZES))}")
+    if design in ("stacked", "factorized") and k < 3:
+        raise ValueError(f"design={design!r} needs kernel size k >= 3 (got k={k}): it replaces one "
+                         f"k x k convolution by smaller ones, and a 1 x 1 has nothing to replace")
+    return k
+
+
+def check_design(design: str) -> str:
+    """Return ``design`` if it names a variant in :data:`DESIGNS`, else raise ``ValueError``."""
+    if design not in DESIGNS:
+        raise ValueError(f"design={design!r} is unknown; choose one of "
+                         f"{', '.join(repr(d) for d in DESIGNS)}")
+    return design
+
+
+def check_groups(groups: int, c_in: int, c_out: int) -> int:
+    """Return ``groups`` if it splits both channel counts evenly, else raise ``ValueError``."""
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"groups={groups!r} must be a positive int (or 'depthwise' in make_conv)")
+    if c_in % groups or c_out % groups:
+        raise ValueError(f"groups={groups} must divide in_channels={c_in} and out_channels={c_out}: "
+                         f"each group convolves c_in/groups input channels into c_out/groups "
+                         f"output channels")
+    return groups
+
+
+def _check_channels(c_in: int, c_out: int) -> None:
+    for name, c in (("in_channels", c_in), ("out_channels", c_out)):
+        if isinstance(c, bool) or not isinstance(c, int) or c < 1:
+            raise ValueError(f"{name}={c!r} must be a positive int")
+
+
+def _between(c: int, norm_layer: NormLayer | None, act_layer: ActLayer | None) -> list[nn.Module]:
+    """The optional norm and activation placed *between* the layers of a multi-layer variant."""
+    layers = []
+    if norm_layer is not None:
+        layers.append(norm_layer(c))
+    if act_layer is not None:
+        layers.append(act_layer())
+    return layers
+
+
+# ----------------------------------------------------------------------------------------------
+# Standard and group convolution
+
+class ConvKxK(nn.Conv2d):
+    """A standard k x k convolution with "same" padding and no bias; ``groups=g`` makes it a group conv.
+
+    With ``groups=g`` each of the g groups sees only c_in/g input channels, so the layer has 1/g of
+    the parameters and MACs of the standard one (group convolution, Krizhevsky et al. 2012, AlexNet;
+    long2024 §2.2). ``groups = c_in = c_out`` is a depthwise convolution.
+    """
+
+    def __init__(self, c_in: int, c_out: int, k: int, groups: int = 1, stride: int = 1):
+        _check_channels(c_in, c_out)
+        check_kernel_size(k)
+        check_groups(groups, c_in, c_out)
+        if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+            raise ValueError(f"stride={stride!r} must be a positive int")
+        super().__init__(c_in, c_out, k, stride=stride, padding=k // 2, groups=groups, bias=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# Smaller kernels instead of a large one (long2024 §2.1)
+
+class StackedConv3x3(nn.Sequential):
+    """(k-1)/2 stacked 3 x 3 convolutions: the receptive field of one k x k with fewer weights.
+
+    Each stride-1 3 x 3 layer widens the receptive field by 2, so n layers see 2n+1 pixels. With
+    c_in = c_out = c, two 3 x 3 cost 2*9*c^2 = 18c^2 against 25c^2 for one 5 x 5 (28 % fewer), three
+    cost 27c^2 against 49c^2 for a 7 x 7 (45 % fewer): Szegedy et al. 2016 (Inception-v3), Simonyan &
+    Zisserman 2015 (VGG); long2024 §2.1. The first layer maps c_in -> c_out, the others c_out -> c_out.
+
+    Without ``norm_layer``/``act_layer`` the stack is linear (exactly a constrained k x k conv); with
+    them, a norm and activation sit between the layers (not after the last, which the model adds).
+    """
+
+    def __init__(self, c_in: int, c_out: int, k: int, groups: int = 1,
+                 norm_layer: NormLayer | None = None, act_layer: ActLayer | None = None):
+        _check_channels(c_in, c_out)
+        check_kernel_size(k, "stacked")
+        check_groups(groups, c_in, c_out)
+        layers: list[nn.Module] = []
+        for i in range((k - 1) // 2):
+            if i > 0:
+                layers += _between(c_out, norm_layer, act_layer)
+            layers.append(ConvKxK(c_in if i == 0 else c_out, c_out, 3, groups=groups))
+        super().__init__(*layers)
+
+
+class FactorizedConv(nn.Sequential):
+    """A 1 x k convolution (c_in -> c_out) followed by a k x 1 convolution (c_out -> c_out).
+
+    Together they see a k x k window, but with c_in = c_out = c they cost 2*k*c^2 instead of k^2*c^2,
+    i.e. 2/k of the k x k conv (Peng et al. 2017, "Large kernel matters"; Szegedy et al. 2016;
+    long2024 §2.1). Optional norm/activation between the two.
+    """
+
+    def __init__(self, c_in: int, c_out: int, k: int, groups: int = 1,
+                 norm_layer: NormLayer | None = None, act_layer: ActLayer | None = None):
+        _check_channels(c_in, c_out)
+        check_kernel_size(k, "factorized")
+        check_groups(groups, c_in, c_out)
+        super().__init__(
+            nn.Conv2d(c_in, c_out, (1, k), padding=(0, k // 2), groups=groups, bias=False),  # 1 x k
+            *_between(c_out, norm_layer, act_layer),
+            nn.Conv2d(c_out, c_out, (k, 1), padding=(k // 2, 0), groups=groups, bias=False),  # k x 1
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Cheaper convolution structures (long2024 §2.2)
+
+class DepthwiseSeparableConv(nn.Sequential):
+    """Depthwise k x k convolution (one filter per input channel) then pointwise 1 x 1 (channel mixer).
+
+    MobileNet's building block (Howard et al. 2017; long2024 §2.2, li2023 §6). Per output pixel the
+    depthwise part costs k^2*c_in MACs and the pointwise part c_in*c_out, against k^2*c_in*c_out for a
+    standard conv, a ratio of exactly 1/c_out + 1/k^2. The survey quotes "1/k^2": the 1/c_out term is
+    small for wide layers, but not for the narrow ones of a CIFAR network.
+    """
+
+    def __init__(self, c_in: int, c_out: int, k: int,
+                 norm_layer: NormLayer | None = None, act_layer: ActLayer | None = None):
+        _check_channels(c_in, c_out)
+        check_kernel_size(k)
+        super().__init__(
+            ConvKxK(c_in, c_in, k, groups=c_in),          # depthwise: spatial filtering per channel
+            *_between(c_in, norm_layer, act_layer),
+            ConvKxK(c_in, c_out, 1),                      # pointwise: mixes the channels
+        )
+
+
+class Bottleneck1x1(nn.Sequential):
+    """1 x 1 reduce -> k x k -> 1 x 1 expand: the "1 x 1 kernel" trick of GoogLeNet and ResNet.
+
+    The k x k convolution runs on only ``c_out // reduction`` channels; the two 1 x 1 convolutions
+    change the channel count without touching the spatial size (Szegedy et al. 2015; He et al. 2016;
+    long2024 §2.1). ``groups`` applies to the middle k x k (as in ResNeXt). Unlike ResNet's block this
+    has no residual connection: it is a drop-in replacement for one convolution.
+    """
+
+    def __init__(self, c_in: int, c_out: int, k: int, reduction: int = 4, groups: int = 1,
+                 norm_layer: NormLayer | None = None, act_layer: ActLayer | None = None):
+        _check_channels(c_in, c_out)
+        check_kernel_size(k, "bottleneck")
+        if isinstance(reduction, bool) or not isinstance(reduction, int) or reduction < 1:
+            raise ValueError(f"reduction={reduction!r} must be a positive int")
+        mid = c_out // reduction
+        if mid < 1:
+            raise ValueError(f"reduction={reduction} leaves no channels for the bottleneck: "
+                             f"out_channels={c_out} // reduction={reduction} = 0")
+        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or mid % groups:
+            raise ValueError(f"groups={groups!r} must divide the bottleneck width {mid} "
+                             f"(out_channels={c_out} // reduction={reduction}), because the grouped "
+                             f"k x k conv runs on those channels")
+        self.mid_channels = mid
+        super().__init__(
+            ConvKxK(c_in, mid, 1),                        # reduce
+            *_between(mid, norm_layer, act_layer),
+            ConvKxK(mid, mid, k, groups=groups),          # spatial, on few channels
+            *_between(mid, norm_layer, act_layer),
+            ConvKxK(mid, c_out, 1),                       # expand
+        )
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """Interleave the channels of ``groups`` groups so the next group conv sees every group.
+
+    ShuffleNet (Zhang et al. 2018; long2024 §2.2, li2023 §6): with channels [a1 a2 b1 b2] from two
+    groups, the result is [a1 b1 a2 b2]. It is a fixed permutation: no parameters, no MACs.
+    """
+    batch, channels, height, width = x.size()
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or channels % groups:
+        raise ValueError(f"groups={groups!r} must be a positive int dividing the {channels} channels")
+    # -1 (= C/g) rather than channels // groups: a traced model then records no shape arithmetic
+    x = x.view(batch, groups, -1, height, width)                   # (B, g, C/g, H, W)
+    x = torch.transpose(x, 1, 2).contiguous()                      # (B, C/g, g, H, W)
+    return x.view(batch, channels, height, width)                  # (B, C, H, W), interleaved
+
+
+class ChannelShuffle(nn.Module):
+    """:func:`channel_shuffle` as a module, to place after a group convolution (Zhang et al. 2018)."""
+
+    def __init__(self, groups: int):
+        super().__init__()
+        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+            raise ValueError(f"groups={groups!r} must be a positive int")
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return channel_shuffle(x, self.groups)
+
+    def extra_repr(self) -> str:
+        return f"groups={self.groups}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Factory
+
+def make_conv(c_in: int, c_out: int, k: int, design: str = "single", groups: int | str = 1,
+              shuffle: bool = False, norm_layer: NormLayer | None = None,
+              act_layer: ActLayer | None = None) -> nn.Module:
+    """Build the convolution variant named by ``design`` and ``groups`` (long2024 §2.1-2.2).
+
+    Args:
+        c_in, c_out: input and output channels.
+        k: kernel size, one of :data:`KERNEL_SIZES`; "stacked" and "factorized" need k >= 3.
+        design: one of :data:`DESIGNS` ("single", "stacked", "factorized", "bottleneck").
+        groups: an int g (group convolution, g must divide c_in and c_out) or ``"depthwise"``
+            (a :class:`DepthwiseSeparableConv`, only with design "single").
+        shuffle: append a :class:`ChannelShuffle` so information crosses groups (needs int groups > 1,
+            and a design whose last layer is grouped: not "bottleneck").
+        norm_layer, act_layer: placed *between* the layers of a multi-layer variant, never after the
+            last one (the caller adds those); a single convolution ignores them.
+    """
+    check_design(design)
+    check_kernel_size(k, design)
+    if groups == "depthwise":
+        if design != "single":
+            raise ValueError(f"groups='depthwise' needs design='single' (got design={design!r}): "
+                             f"a depthwise-separable conv already splits the k x k conv into a "
+                             f"depthwise and a pointwise part")
+        if shuffle:
+            raise ValueError("channel shuffle needs int groups > 1; with groups='depthwise' the "
+                             "pointwise 1 x 1 conv already mixes all channels")
+        return DepthwiseSeparableConv(c_in, c_out, k, norm_layer=norm_layer, act_layer=act_layer)
+    if isinstance(groups, str):
+        raise ValueError(f"groups={groups!r} must be a positive int or 'depthwise'")
+    if shuffle and groups == 1:
+        raise ValueError("channel shuffle needs groups > 1: with groups=1 every output channel already "
+                         "sees every input channel, so shuffling would only permute them")
+    if shuffle and design == "bottleneck":
+        raise ValueError("channel shuffle does nothing useful after design='bottleneck': its last "
+                         "1 x 1 conv is dense and already mixes the groups of the middle k x k conv")
+
+    if design == "single":
+        conv: nn.Module = ConvKxK(c_in, c_out, k, groups=groups)
+    elif design == "stacked":
+        conv = StackedConv3x3(c_in, c_out, k, groups=groups, norm_layer=norm_layer, act_layer=act_layer)
+    elif design == "factorized":
+        conv = FactorizedConv(c_in, c_out, k, groups=groups, norm_layer=norm_layer, act_layer=act_layer)
+    else:  # "bottleneck"
+        conv = Bottleneck1x1(c_in, c_out, k, groups=groups, norm_layer=norm_layer, act_layer=act_layer)
+    if shuffle:
+        return nn.Sequential(conv, ChannelShuffle(groups))  # groups already divides c_out
+    return conv

@@ -1,0 +1,526 @@
+"""Honest cost measurements: parameters, MACs/FLOPs, model size and latency.
+
+The survey reports a model's cost as parameters, MACs or FLOPs, and speed (long2024 §1-2, li2023 §6
+Table 4). Each number here says which one it is:
+
+* **params**: learnable parameter elements (``nn.Parameter``), not buffers such as BatchNorm's
+  running statistics.
+* **MACs**: multiply-accumulates for one forward pass, counted by tracing the model with fvcore
+  (which calls them "flops") and cross-checked against the formulas below in the tests.
+  **FLOPs = 2 x MACs** (one multiplication plus one addition).
+* **size**: bytes to store the parameters densely at a given bit width.
+* **latency**: wall-clock time of a forward pass, median and spread over many timed runs, with
+  the thread count, device and torch version it was measured with.
+
+What counts as a MAC is a choice, so it is written down: convolutions and linear layers (and
+matrix products) are counted, everything in :data:`ZERO_MAC_OPS` counts 0, and any other operator is
+listed in ``MacCount.uncounted`` instead of being dropped silently. BatchNorm counts 0 because at
+inference it folds into the preceding convolution's weights and bias (the "fused" model of the
+reparameterisation chapter), so the MACs that remain are exactly the ones the conv formulas teach.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import timeit
+import warnings
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import nn
+from torch.utils import benchmark
+
+from .config import get_device, get_threads
+
+__all__ = [
+    # formulas
+    "conv2d_params", "conv2d_macs", "linear_params", "linear_macs",
+    "depthwise_separable_params", "depthwise_separable_macs", "stacked3x3_params", "stacked3x3_macs",
+    "factorized_params", "factorized_macs", "bottleneck_params", "bottleneck_macs",
+    "conv_variant_params", "conv_variant_macs", "receptive_field",
+    # measurements
+    "ZERO_MAC_OPS", "MacCount", "Latency", "Profile",
+    "count_params", "count_macs", "formula_macs", "model_size_bytes", "measure_latency", "profile",
+]
+
+Size = int | Sequence[int]
+
+
+# ----------------------------------------------------------------------------------------------
+# Formulas (long2024 §2.1-2.2): what the notebooks derive, checked against fvcore in the tests
+
+def _pair(k: Size) -> tuple[int, int]:
+    return (k, k) if isinstance(k, int) else (int(k[0]), int(k[1]))
+
+
+def _check_groups(c_in: int, c_out: int, groups: int) -> None:
+    if c_in % groups or c_out % groups:
+        raise ValueError(f"groups={groups} must divide in_channels={c_in} and out_channels={c_out}")
+
+
+def conv2d_params(c_in: int, c_out: int, k: Size, groups: int = 1, bias: bool = False) -> int:
+    """Weights of a 2-D convolution: ``c_out * (c_in / g) * kh * kw`` (+ ``c_out`` biases).
+
+    Each of the c_out filters sees only the c_in/g channels of its group (long2024 §2.2).
+    """
+    _check_groups(c_in, c_out, groups)
+    kh, kw = _pair(k)
+    return c_out * (c_in // groups) * kh * kw + (c_out if bias else 0)
+
+
+def conv2d_macs(c_in: int, c_out: int, k: Size, h_out: int, w_out: int, groups: int = 1) -> int:
+    """MACs of a 2-D convolution: ``h_out * w_out * c_out * (c_in / g) * kh * kw``.
+
+    One MAC per weight per output pixel (the bias add is not a MAC). Stride and padding enter only
+    through the output size ``h_out x w_out``.
+    """
+    return conv2d_params(c_in, c_out, k, groups) * h_out * w_out
+
+
+def linear_params(in_features: int, out_features: int, bias: bool = True) -> int:
+    """Weights of a linear layer: ``in * out`` (+ ``out`` biases)."""
+    return in_features * out_features + (out_features if bias else 0)
+
+
+def linear_macs(in_features: int, out_features: int) -> int:
+    """MACs of a linear layer for one input vector: ``in * out``."""
+    return in_features * out_features
+
+
+def depthwise_separable_params(c_in: int, c_out: int, k: Size) -> int:
+    """Depthwise ``k x k`` (``c_in * k^2``) plus pointwise 1 x 1 (``c_in * c_out``) (Howard et al. 2017)."""
+    return conv2d_params(c_in, c_in, k, groups=c_in) + conv2d_params(c_in, c_out, 1)
+
+
+def depthwise_separable_macs(c_in: int, c_out: int, k: Size, h: int, w: int) -> int:
+    """``h * w * (c_in * k^2 + c_in * c_out)``: ``1/c_out + 1/k^2`` of a standard conv (long2024 §2.2)."""
+    return conv2d_macs(c_in, c_in, k, h, w, groups=c_in) + conv2d_macs(c_in, c_out, 1, h, w)
+
+
+def stacked3x3_params(c_in: int, c_out: int, k: int, groups: int = 1) -> int:
+    """(k-1)/2 stacked 3 x 3 convs: ``9*c_in*c_out/g + ((k-1)/2 - 1) * 9*c_out^2/g`` (Szegedy et al. 2016)."""
+    n = (k - 1) // 2
+    return conv2d_params(c_in, c_out, 3, groups) + (n - 1) * conv2d_params(c_out, c_out, 3, groups)
+
+
+def stacked3x3_macs(c_in: int, c_out: int, k: int, h: int, w: int, groups: int = 1) -> int:
+    """``h * w`` times :func:`stacked3x3_params` (stride 1: every layer keeps the ``h x w`` size)."""
+    return stacked3x3_params(c_in, c_out, k, groups) * h * w
+
+
+def factorized_params(c_in: int, c_out: int, k: int, groups: int = 1) -> int:
+    """1 x k then k x 1: ``k*c_in*c_out/g + k*c_out^2/g``.
+
+    2/k of a k x k conv when c_in = c_out (Peng et al. 2017; long2024 §2.1).
+    """
+    return conv2d_params(c_in, c_out, (1, k), groups) + conv2d_params(c_out, c_out, (k, 1), groups)
+
+
+def factorized_macs(c_in: int, c_out: int, k: int, h: int, w: int, groups: int = 1) -> int:
+    """``h * w`` times :func:`factorized_params`."""
+    return factorized_params(c_in, c_out, k, groups) * h * w
+
+
+def bottleneck_params(c_in: int, c_out: int, k: int, reduction: int = 4, groups: int = 1) -> int:
+    """1 x 1 reduce to m = c_out // reduction, k x k on m channels, 1 x 1 expand (He et al. 2016):
+    ``c_in*m + k^2*m^2/g + m*c_out``."""
+    m = c_out // reduction
+    return conv2d_params(c_in, m, 1) + conv2d_params(m, m, k, groups) + conv2d_params(m, c_out, 1)
+
+
+def bottleneck_macs(c_in: int, c_out: int, k: int, h: int, w: int, reduction: int = 4,
+                    groups: int = 1) -> int:
+    """``h * w`` times :func:`bottleneck_params`."""
+    return bottleneck_params(c_in, c_out, k, reduction, groups) * h * w
+
+
+def conv_variant_params(c_in: int, c_out: int, k: int, design: str = "single",
+                        groups: int | str = 1) -> int:
+    """Parameters of ``layers.make_conv(c_in, c_out, k, design, groups)``, from the formulas above."""
+    if groups == "depthwise":
+        return depthwise_separable_params(c_in, c_out, k)
+    formulas = {"single": lambda: conv2d_params(c_in, c_out, k, groups),
+                "stacked": lambda: stacked3x3_params(c_in, c_out, k, groups),
+                "factorized": lambda: factorized_params(c_in, c_out, k, groups),
+                "bottleneck": lambda: bottleneck_params(c_in, c_out, k, groups=groups)}
+    if design not in formulas:
+        raise ValueError(f"design={design!r} is unknown; choose one of {', '.join(map(repr, formulas))}")
+    return formulas[design]()
+
+
+def conv_variant_macs(c_in: int, c_out: int, k: int, h: int, w: int, design: str = "single",
+                      groups: int | str = 1) -> int:
+    """MACs of ``layers.make_conv(c_in, c_out, k, design, groups)`` on an ``h x w`` map (stride 1)."""
+    # Every variant keeps h x w at every layer, so MACs are its weight count times h * w.
+    return conv_variant_params(c_in, c_out, k, design, groups) * h * w
+
+
+def receptive_field(n_layers: int, k: int = 3) -> int:
+    """Receptive field of ``n_layers`` stacked stride-1 ``k x k`` convs: ``n * (k - 1) + 1``.
+
+    Two 3 x 3 see 5 x 5, three see 7 x 7 (Simonyan & Zisserman 2015; long2024 §2.1).
+    """
+    return n_layers * (k - 1) + 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Parameters and size
+
+def _effective_parameters(model: nn.Module) -> Iterator[torch.Tensor]:
+    """Each parameter once; for modules pruned with ``torch.nn.utils.prune``, the masked weight.
+
+    torch's pruning keeps the dense original as the parameter ``weight_orig`` and recomputes
+    ``weight = weight_orig * weight_mask``; counting ``weight_orig`` would ignore the pruning.
+    """
+    seen: set[int] = set()
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            masked = getattr(module, name[:-len("_orig")], None) if name.endswith("_orig") else None
+            yield masked if isinstance(masked, torch.Tensor) else p
+
+
+def count_params(model: nn.Module, nonzero: bool = False) -> int:
+    """Number of parameter elements; with ``nonzero=True`` only those that are not exactly 0.
+
+    Counts ``nn.Parameter`` elements (shared ones once), not buffers: BatchNorm's running mean and
+    variance are statistics, not learned weights. ``nonzero=True`` measures what pruning left
+    (li2023 §2), and sees through ``torch.nn.utils.prune`` masks.
+    """
+    if nonzero:
+        return sum(int(torch.count_nonzero(p.detach())) for p in _effective_parameters(model))
+    return sum(p.numel() for p in _effective_parameters(model))
+
+
+def model_size_bytes(model: nn.Module, bits: int = 32) -> int:
+    """Bytes to store every parameter densely at ``bits`` bits: ``ceil(params * bits / 8)``.
+
+    32 = float32, 16 = float16, 8 = int8 quantisation (li2023 §3). It ignores buffers, the file
+    format's overhead, quantisation scales, and the index cost of storing a pruned model sparsely,
+    so it is the size of the numbers themselves, not of a checkpoint file.
+    """
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits < 1:
+        raise ValueError(f"bits={bits!r} must be a positive int (32 for float32, 8 for int8, ...)")
+    return math.ceil(count_params(model) * bits / 8)
+
+
+# ----------------------------------------------------------------------------------------------
+# MACs
+
+# Operators deliberately counted as 0 MACs; anything else fvcore cannot count goes to `uncounted`.
+ZERO_MAC_OPS: tuple[str, ...] = (
+    # normalisation: folds into the preceding conv at inference (see the module docstring)
+    "aten::batch_norm",
+    # activations: one elementwise operation per value, no multiply-accumulate
+    "aten::relu", "aten::relu_", "aten::gelu", "aten::silu", "aten::silu_", "aten::sigmoid",
+    "aten::hardswish", "aten::hardswish_", "aten::hardsigmoid", "aten::hardtanh", "aten::hardtanh_",
+    # pooling: comparisons (max) or additions (average), no products with weights
+    "aten::max_pool2d", "aten::avg_pool2d", "aten::adaptive_max_pool2d", "aten::adaptive_avg_pool2d",
+    # elementwise arithmetic: residual adds, scaling of logits
+    "aten::add", "aten::add_", "aten::mul", "aten::mul_", "aten::div",
+    # data movement: reshapes of channel shuffle and flatten, dropout (identity at inference)
+    "aten::view", "aten::reshape", "aten::transpose", "aten::permute", "aten::contiguous",
+    "aten::flatten", "aten::size", "aten::Int", "aten::cat", "aten::chunk", "aten::dropout",
+)
+
+
+@dataclass(frozen=True)
+class MacCount:
+    """MACs of one forward pass on an input of ``input_size``, counted by fvcore."""
+    total: int                          # multiply-accumulates (fvcore's "flops")
+    by_module: dict[str, int]           # module name -> MACs (all modules, children included in parents)
+    by_operator: dict[str, int]         # "conv", "linear", ... -> MACs
+    zero_mac_ops: dict[str, int]        # op in ZERO_MAC_OPS -> number of calls counted as 0 MACs
+    uncounted: dict[str, int]           # any other op fvcore skipped -> number of calls (should be {})
+    input_size: tuple[int, ...]         # (B, C, H, W) the model was traced with
+
+    @property
+    def flops(self) -> int:
+        """FLOPs = 2 x MACs (a multiplication and an addition each)."""
+        return 2 * self.total
+
+    def __str__(self) -> str:
+        text = f"{_human(self.total)} MACs ({_human(self.flops)} FLOPs) for input {self.input_size}"
+        if self.uncounted:
+            text += f"; NOT counted: {', '.join(f'{k} x{v}' for k, v in self.uncounted.items())}"
+        return text
+
+
+def _human(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:g}"
+
+
+def _fvcore():
+    # Importing fvcore.nn scripts a focal loss with torch.jit.script, which new torch versions
+    # flag as deprecated; that warning is about fvcore's import, not about anything we count.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+        from fvcore.nn import jit_analysis, jit_handles
+    return jit_analysis, jit_handles
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every submodule in eval mode, then restore each one's own mode (not just the root's)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Set torch's intra-op thread count inside the block, then restore the caller's."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def count_macs(model: nn.Module, input_size: Sequence[int] = (1, 3, 32, 32),
+               extra_zero_mac_ops: Sequence[str] = ()) -> MacCount:
+    """Count MACs of ``model`` on an input of ``input_size`` (batch included) with fvcore.
+
+    fvcore traces the model and counts one fused multiply-add as one "flop"; we call that a MAC.
+    Convolutions, linear layers and matrix products are counted, :data:`ZERO_MAC_OPS` (plus
+    ``extra_zero_mac_ops``, e.g. ``("aten::sub",)``, for a model that needs them) count 0, and
+    every other operator is reported in ``uncounted`` (long2024 §2, li2023 §6). The model is traced
+    in eval mode (BatchNorm uses its running statistics); each module's mode is restored after.
+    """
+    jit_analysis, h = _fvcore()
+    input_size = tuple(int(s) for s in input_size)
+    zero_calls: Counter[str] = Counter()
+
+    def zero(op: str):
+        def handle(inputs, outputs) -> int:
+            zero_calls[op] += 1
+            return 0
+        return handle
+
+    x = torch.zeros(input_size, device=_model_device(model))  # values do not change the count
+    # Tracing runs one forward pass. One thread is plenty for it, and on a busy machine a second
+    # thread waiting for a core made a 2 ms pass take ~1 s: counting must stay widget-fast.
+    with _eval_mode(model), torch.no_grad(), _torch_threads(1):
+        analysis = jit_analysis.JitModelAnalysis(model, x)
+        analysis.set_op_handle(**{
+            "aten::_convolution": h.conv_flop_jit, "aten::linear": h.linear_flop_jit,
+            "aten::addmm": h.addmm_flop_jit, "aten::mm": h.matmul_flop_jit,
+            "aten::matmul": h.matmul_flop_jit, "aten::bmm": h.bmm_flop_jit,
+            "aten::einsum": h.einsum_flop_jit,
+        })
+        analysis.set_op_handle(**{op: zero(op) for op in (*ZERO_MAC_OPS, *extra_zero_mac_ops)})
+        # fvcore silently skips its own list of ops (aten::max, aten::cat, ...). Emptying that
+        # (private) set makes every op without a handle show up in unsupported_ops() instead.
+        analysis._ignored_ops = set()
+        analysis.unsupported_ops_warnings(False)
+        analysis.uncalled_modules_warnings(False)
+        total = int(analysis.total())
+        per_module = analysis.by_module()
+        by_operator = {op: int(n) for op, n in analysis.by_operator().items()}
+        uncounted = dict(analysis.unsupported_ops())
+    return MacCount(
+        total=total,
+        by_module={name: int(per_module.get(name, 0)) for name, _ in model.named_modules() if name},
+        by_operator=by_operator,
+        zero_mac_ops=dict(zero_calls),
+        uncounted=uncounted,
+        input_size=input_size,
+    )
+
+
+def formula_macs(model: nn.Module, input_size: Sequence[int] = (1, 3, 32, 32)) -> int:
+    """MACs from the textbook formulas: :func:`conv2d_macs` for every ``nn.Conv2d`` and
+    :func:`linear_macs` for every ``nn.Linear``, with output sizes read by forward hooks.
+
+    An independent check of :func:`count_macs` (it does not trace); it knows only these two layer
+    types, so models with other weighted layers are undercounted.
+    """
+    total = 0
+
+    def conv_hook(m: nn.Conv2d, inputs, out: torch.Tensor) -> None:
+        nonlocal total
+        b, _, h_out, w_out = out.shape
+        total += b * conv2d_macs(m.in_channels, m.out_channels, m.kernel_size, h_out, w_out, m.groups)
+
+    def linear_hook(m: nn.Linear, inputs, out: torch.Tensor) -> None:
+        nonlocal total
+        total += out.numel() // m.out_features * linear_macs(m.in_features, m.out_features)
+
+    hooks = [m.register_forward_hook(conv_hook if isinstance(m, nn.Conv2d) else linear_hook)
+             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with _eval_mode(model), torch.no_grad(), _torch_threads(1):  # one pass: see count_macs
+            model(torch.zeros(tuple(input_size), device=_model_device(model)))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total
+
+
+# ----------------------------------------------------------------------------------------------
+# Latency
+
+@dataclass(frozen=True)
+class Latency:
+    """Wall-clock time of one forward pass (of a whole batch), from ``torch.utils.benchmark``."""
+    median_ms: float   # median over the timed blocks, milliseconds per forward pass
+    iqr_ms: float      # interquartile range over the blocks: the spread
+    mean_ms: float     # mean over the blocks
+    n: int             # number of timed blocks (each the average of `calls // n` forward passes)
+    calls: int         # forward passes timed in total (warm-up not included)
+    batch: int         # images per forward pass
+    threads: int       # intra-op CPU threads
+    device: str        # "cpu", "cuda", ...
+
+    @property
+    def per_image_ms(self) -> float:
+        """Median time per image (``median_ms / batch``): throughput's view, not latency's."""
+        return self.median_ms / self.batch
+
+    def __str__(self) -> str:
+        return (f"{_ms(self.median_ms)} ms ± {_ms(self.iqr_ms / 2)} (median ± IQR/2, batch {self.batch}, "
+                f"{self.threads} thread{'s' if self.threads != 1 else ''}, {self.device})")
+
+
+def _ms(x: float) -> str:
+    """Milliseconds with about three significant digits, keeping trailing zeros (2.00, not 2)."""
+    return f"{x:.0f}" if x >= 100 else f"{x:.1f}" if x >= 10 else f"{x:.2f}" if x >= 0.1 else f"{x:.3f}"
+
+
+def measure_latency(model: nn.Module, input_size: Sequence[int] = (1, 3, 32, 32),
+                    batch: int | None = None, threads: int | None = None,
+                    device: str | torch.device | None = None, warmup: int = 5,
+                    min_run_time: float = 0.5) -> Latency:
+    """Time ``model`` on a random input with ``torch.utils.benchmark.Timer``.
+
+    Args:
+        input_size: ``(B, C, H, W)``; ``batch``, if given, replaces B.
+        threads: intra-op CPU threads (default: ``config.get_threads()``), set only for the
+            measurement: torch's global thread count is left as it was.
+        device: default ``config.get_device()``. If the model lives elsewhere, a copy is moved
+            there, so the caller's model is never moved.
+        warmup: untimed forward passes first (lazy initialisation, caches, oneDNN kernel choice).
+        min_run_time: seconds of timed runs; the default keeps a widget responsive (about 0.6 s in
+            all), benchmarks should use more.
+
+    The model runs in eval mode under ``torch.inference_mode()``; each module's mode is restored
+    after. On a GPU the Timer synchronises before reading the clock, so kernels are not missed.
+    """
+    threads = get_threads(threads)
+    dev = get_device(device)
+    shape = tuple(int(s) for s in input_size)
+    if batch is not None:
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"batch={batch!r} must be a positive int")
+        shape = (batch, *shape[1:])
+    net = model if _model_device(model) == dev else copy.deepcopy(model).to(dev)
+    x = torch.randn(shape, device=dev)
+
+    def forward() -> None:
+        with torch.inference_mode():
+            net(x)
+
+    # The Timer's default clock synchronises any accelerator present (needed on a GPU); for a CPU
+    # measurement on a machine that has a GPU, that synchronisation would only add noise.
+    clock = {"timer": timeit.default_timer} if dev.type == "cpu" else {}
+    with _eval_mode(net):
+        with _torch_threads(threads):   # warm up with the thread count we measure with
+            for _ in range(warmup):
+                forward()
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+        timer = benchmark.Timer(stmt="forward()", globals={"forward": forward},
+                                num_threads=threads, **clock)
+        m = timer.blocked_autorange(min_run_time=min_run_time)
+    return Latency(median_ms=m.median * 1e3, iqr_ms=m.iqr * 1e3, mean_ms=m.mean * 1e3,
+                   n=len(m.times), calls=len(m.times) * m.number_per_run, batch=shape[0],
+                   threads=threads, device=str(dev))
+
+
+# ----------------------------------------------------------------------------------------------
+# Everything at once
+
+@dataclass(frozen=True)
+class Profile:
+    """A model's cost in one record: what the book's tables and the results store show."""
+    model: str                  # the model's config, e.g. "cifar_net(kernel_size=3, ...)", or class name
+    params: int                 # parameter elements
+    nonzero_params: int         # parameter elements that are not exactly zero (after pruning)
+    macs: int                   # multiply-accumulates per image (batch 1)
+    size_bytes: int             # dense parameter storage at `bits` bits
+    bits: int                   # bit width used for size_bytes
+    latency: Latency | None     # None when not measured
+    image_size: tuple[int, ...]  # (C, H, W) of one input image
+    device: str                 # device latency is (or would be) measured on
+    threads: int                # CPU threads for latency
+    torch_version: str
+    uncounted: dict[str, int] = field(default_factory=dict)  # ops fvcore could not count (should be {})
+
+    @property
+    def flops(self) -> int:
+        """FLOPs = 2 x MACs."""
+        return 2 * self.macs
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (nested for latency), with ``flops`` added, for a results store or a DataFrame."""
+        return {**dataclasses.asdict(self), "flops": self.flops}
+
+    def __str__(self) -> str:
+        lines = [
+            self.model,
+            f"  params   {self.params:,} ({self.nonzero_params:,} nonzero)",
+            f"  MACs     {_human(self.macs)} per image = {_human(self.flops)} FLOPs (FLOPs = 2 x MACs)",
+            f"  size     {self.size_bytes / 1e6:.2f} MB of parameters at {self.bits} bits",
+            f"  latency  {self.latency if self.latency is not None else 'not measured'}",
+            f"  torch {self.torch_version}, {self.device}, {self.threads} threads",
+        ]
+        if self.uncounted:
+            lines.append(f"  MACs do NOT include: {', '.join(self.uncounted)}")
+        return "\n".join(lines)
+
+
+def profile(model: nn.Module, input_size: Sequence[int] = (1, 3, 32, 32), batch: int | None = None,
+            threads: int | None = None, device: str | torch.device | None = None,
+            latency: bool = True, bits: int = 32, **latency_kwargs: Any) -> Profile:
+    """Params, nonzero params, MACs (per image), FLOPs, size and (optionally) latency of ``model``.
+
+    MACs are counted for one image of ``input_size[1:]``; latency is measured at ``batch`` (default
+    ``input_size[0]``). Extra keyword arguments go to :func:`measure_latency` (e.g. ``min_run_time``).
+    """
+    image = tuple(int(s) for s in input_size[1:])
+    macs = count_macs(model, (1, *image))
+    config = getattr(model, "config", None)
+    return Profile(
+        model=str(config) if config is not None else type(model).__name__,
+        params=count_params(model),
+        nonzero_params=count_params(model, nonzero=True),
+        macs=macs.total,
+        size_bytes=model_size_bytes(model, bits),
+        bits=bits,
+        latency=measure_latency(model, input_size, batch=batch, threads=threads, device=device,
+                                **latency_kwargs) if latency else None,
+        image_size=image,
+        device=str(get_device(device)),
+        threads=get_threads(threads),
+        torch_version=torch.__version__,
+        uncounted=macs.uncounted,
+    )
