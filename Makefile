@@ -9,7 +9,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: env data book test lab bench clean
+.PHONY: env data book test lab bench browser clean
 
 env: $(STAMP)
 
@@ -25,12 +25,23 @@ $(STAMP): requirements.txt pyproject.toml
 data: env
 	$(BIN)/python -m lcnn_lab.data
 
+# LCNN_WIDGETS=static: every Explorer precomputes its grid into a self-contained HTML view,
+# so the web book's sliders work without a kernel.
 book: env data
-	LCNN_BUDGET=$${LCNN_BUDGET:-quick} $(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going
+	LCNN_BUDGET=$${LCNN_BUDGET:-quick} LCNN_WIDGETS=static \
+		$(BIN)/jupyter-book build . --warningiserror --nitpick --keep-going
 	@echo "Open _build/html/index.html"
 
-test: env data
+test: env data browser
 	$(BIN)/python -m pytest
+
+# Headless Chromium and its driver for the browser tests, from Debian's packages (a test tool that
+# downloads its own browser does not work offline).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+		echo "installing Debian's chromium and chromium-driver for the browser tests"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
 lab: env
 	$(BIN)/jupyter lab notebooks/

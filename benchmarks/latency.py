@@ -23,22 +23,11 @@ import time
 
 import torch
 
-from lcnn_lab.config import get_device, get_threads
+from lcnn_lab.config import cpu_name, get_device, get_threads
 from lcnn_lab.models import create_model
 from lcnn_lab.profile import count_macs, measure_latency
 
 SPREAD_TARGET = 5.0  # %: five medians of the same model should agree this well on an idle machine
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 class CpuWatch:
@@ -87,7 +76,7 @@ def print_header(threads: int, device: torch.device) -> None:
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     print("# Latency vs MACs: cifar_net convolution variants")
     print(f"machine   {platform.platform()}, Python {platform.python_version()}")
-    print(f"cpu       {cpu_model()}, {os.cpu_count()} logical cores, "
+    print(f"cpu       {cpu_name()}, {os.cpu_count()} logical cores, "
           f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}")
     print(f"device    {device}; {threads} intra-op threads")
     print(f"torch     {torch.__version__}")

@@ -101,7 +101,7 @@ def main():
     args = ap.parse_args()
 
     threads = config.set_threads(args.threads)
-    print(f"machine: {platform.machine()} {platform.processor() or ''}, {threads} threads, "
+    print(f"machine: {platform.machine()}, {config.cpu_name()}, {threads} threads, "
           f"torch {torch.__version__}, lcnn_lab {lcnn_lab.__version__}")
     print(f"data: {data_source()}\n")
 

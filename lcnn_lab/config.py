@@ -149,3 +149,30 @@ def widget_mode() -> str:
     if mode not in ("live", "static"):
         raise ValueError(f"LCNN_WIDGETS={mode!r} must be 'live' or 'static'")
     return mode
+
+
+def cpu_name() -> str:
+    """The CPU model ("AMD EPYC ..."), read from /proc/cpuinfo on Linux, else what platform knows."""
+    import platform
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe(budget: str | Budget | None = None, threads: int | None = None) -> str:
+    """One line naming where numbers are being measured: device, CPU threads, budget, versions, date.
+
+    Notebooks print it beside their results, so that every figure can be traced to its machine.
+    """
+    import datetime
+
+    from . import __version__
+    dev = get_device()
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name()
+    return (f"{dev.type} ({where}), {get_threads(threads)} CPU threads, budget '{get_budget(budget).name}', "
+            f"torch {torch.__version__}, lcnn_lab {__version__}, {datetime.date.today().isoformat()}")

@@ -30,9 +30,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
+import logging
+
 import torch
 from torch import nn
-from torch.utils import benchmark
+
+# torch.utils.benchmark imports torch.utils.cpp_extension, which logs "No CUDA runtime is found" on
+# every CPU-only machine. That line means nothing to a reader of a notebook, so silence it here.
+_cpp_log = logging.getLogger("torch.utils.cpp_extension")
+_level = _cpp_log.level
+_cpp_log.setLevel(logging.ERROR)
+from torch.utils import benchmark  # noqa: E402
+_cpp_log.setLevel(_level)
 
 from .config import get_device, get_threads
 
@@ -165,6 +174,40 @@ def receptive_field(n_layers: int, k: int = 3) -> int:
     Two 3 x 3 see 5 x 5, three see 7 x 7 (Simonyan & Zisserman 2015; long2024 §2.1).
     """
     return n_layers * (k - 1) + 1
+
+
+def measured_receptive_field(module: nn.Module, channels: int, size: int = 33) -> tuple[int, int]:
+    """Receptive field of ``module`` measured with autograd: (height, width) of the input region that
+    the centre output value depends on.
+
+    The gradient of one output value with respect to the input is nonzero exactly on the pixels that
+    value can see. Weights are made positive for the measurement (on a copy), so that no gradient
+    cancels by chance, and nonlinearities between layers do not matter.
+    """
+    net = copy.deepcopy(module).eval().double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(p.abs() + 0.1)
+    x = torch.ones(1, channels, size, size, dtype=torch.float64, requires_grad=True)
+    y = net(x)
+    y[0, :, y.shape[2] // 2, y.shape[3] // 2].sum().backward()
+    rows = (x.grad[0].abs().sum(0).sum(1) > 0).nonzero()
+    cols = (x.grad[0].abs().sum(0).sum(0) > 0).nonzero()
+    return int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
+
+
+def conv2d_arithmetic_intensity(c_in: int, c_out: int, k: Size, h: int, w: int, groups: int = 1,
+                                bytes_per_value: int = 4) -> float:
+    """MACs per byte a convolution must move at least once: its input, weights and output.
+
+    A processor can only run at its peak MAC rate when each byte fetched from memory feeds enough MACs
+    (the roofline model, Williams et al. 2009). A standard convolution reuses every input value
+    ``k^2 c_out`` times; a depthwise one only ``k^2`` times, so it is starved by memory traffic long
+    before it is limited by arithmetic: its MACs fall much faster than its latency.
+    """
+    macs = conv2d_macs(c_in, c_out, k, h, w, groups)
+    values = c_in * h * w + conv2d_params(c_in, c_out, k, groups) + c_out * h * w
+    return macs / (values * bytes_per_value)
 
 
 # ----------------------------------------------------------------------------------------------

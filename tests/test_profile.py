@@ -247,3 +247,21 @@ def test_profile_without_latency_counts_macs_per_image():
     assert prof.latency is None and "not measured" in str(prof)
     assert prof.macs == P.count_macs(net).total and prof.image_size == (3, 32, 32)
     assert prof.size_bytes == prof.params
+
+
+@pytest.mark.parametrize("k", [3, 5, 7])
+def test_measured_receptive_field_matches_formula_for_every_design(k):
+    expected = (P.receptive_field((k - 1) // 2), ) * 2
+    for layer in (L.ConvKxK(8, 8, k), L.FactorizedConv(8, 8, k),
+                  L.StackedConv3x3(8, 8, k, norm_layer=nn.BatchNorm2d, act_layer=nn.GELU)):
+        assert P.measured_receptive_field(layer, 8) == expected == (k, k)
+
+
+def test_arithmetic_intensity_of_depthwise_is_far_lower():
+    standard = P.conv2d_arithmetic_intensity(64, 64, 3, 16, 16)
+    depthwise = P.conv2d_arithmetic_intensity(64, 64, 3, 16, 16, groups=64)
+    # MACs fall 64x, but the bytes moved hardly change (activations dominate): intensity falls ~30x
+    assert standard / depthwise > 20
+    macs = P.conv2d_macs(64, 64, 3, 16, 16)
+    values = 64 * 16 * 16 * 2 + 64 * 64 * 9
+    assert standard == pytest.approx(macs / (4 * values))
