@@ -13,15 +13,15 @@ import math
 from typing import Any
 
 
-def _report(title: str, ok: bool, hint: str) -> bool:
+def _report(title: str, ok: bool, hint: str) -> None:
+    # Printed, not returned: a returned True/False would show up as a stray output line in the notebook.
     if ok:
         print(f"PASS  {title}")
     else:
         print(f"FAIL  {title}: not yet. Hint: {hint}")
-    return ok
 
 
-def check_close(title: str, answer: Any, expected: float, rel_tol: float = 0.02, hint: str = "") -> bool:
+def check_close(title: str, answer: Any, expected: float, rel_tol: float = 0.02, hint: str = "") -> None:
     """Pass when ``answer`` is a number within ``rel_tol`` (relative) of ``expected``."""
     if answer is None or answer is ...:
         return _report(title, False, "replace the ... (or None) with your answer, then run this cell again")
@@ -35,7 +35,7 @@ def check_close(title: str, answer: Any, expected: float, rel_tol: float = 0.02,
 
 
 def check_choice(title: str, answer: Any, expected: Any, options: tuple | list | None = None,
-                 hint: str = "") -> bool:
+                 hint: str = "") -> None:
     """Pass when ``answer`` equals ``expected`` (strings compared without case or surrounding spaces)."""
     if answer is None or answer is ...:
         return _report(title, False, "replace the ... (or None) with your answer, then run this cell again")

@@ -192,7 +192,11 @@ def evaluate(model: nn.Module, split: str = "test", n: int | None = None, batch_
     ``n`` evaluates a fixed random subset of that many images, the same subset on every call, which is
     how widgets get a quick, comparable number; ``None`` uses the whole split.
     """
-    dev = config.get_device(device) if device is not None else next(model.parameters()).device
+    if device is not None:
+        dev = config.get_device(device)
+    else:  # where the model lives; a model with no float parameters (e.g. fully int8) runs on the CPU
+        first = next(model.parameters(), None)
+        dev = first.device if first is not None else torch.device("cpu")
     images, labels = device_data(split, dev)
     idx = fixed_subset(len(labels), n, seed)
     if idx is not None:
@@ -303,7 +307,9 @@ def train(model: nn.Module, cfg: TrainConfig | None = None, **overrides) -> Trai
         seconds += time.perf_counter() - t0
         step += 1
         loss_sum, loss_count = loss_sum + loss_value, loss_count + 1
-        bar.update(1)
+        # the bar shows progress through the schedule: steps, or seconds when the time cap binds first
+        done_frac = max(step / total_steps, seconds / cfg.max_seconds if cfg.max_seconds else 0.0)
+        bar.update(min(total_steps, round(done_frac * total_steps)) - bar.n)
         done = step >= total_steps or (cfg.max_seconds is not None and seconds >= cfg.max_seconds)
         if step % eval_every == 0 or done:
             acc = evaluate(ema or model, "test", n=cfg.history_eval_images, device=dev).value

@@ -1,0 +1,264 @@
+"""Quantization: the survey's equations checked, our codes against torch's, real int8 inference."""
+import math
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import lcnn_lab.train as T
+from lcnn_lab import prune as P
+from lcnn_lab import quant as Q
+from lcnn_lab.config import seed_everything
+from lcnn_lab.data import load_cifar10, normalize
+from lcnn_lab.models import create_model
+from lcnn_lab.profile import model_size_bytes
+
+BITS = [2, 3, 4, 8, 16]
+
+
+@pytest.fixture(autouse=True)
+def _no_deprecation_noise():
+    # torch 2.14 flags its quantized dtypes as deprecated on every use; the tests use them on purpose
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+        yield
+
+
+def gaussian(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+# ----------------------------------------------------------------------------------------------
+# li2023 §3, equations (1)-(5)
+
+def test_eq1_scale():
+    # uint8 over [-1, 3]: 256 codes, 255 steps of 4/255
+    assert Q.scale(-1.0, 3.0, 0, 255) == pytest.approx(4 / 255)
+    assert Q.scale(-1.0, 1.0, -127, 127) == pytest.approx(1 / 127)
+
+
+def test_printed_zero_point_maps_the_range_ends_but_is_no_integer():
+    rmin, rmax, qmin, qmax = -1.0, 3.0, 0, 255
+    S = Q.scale(rmin, rmax, qmin, qmax)
+    Z = Q.zero_point_as_printed(rmin, rmax, qmin, qmax)           # Eq. (2) = Eq. (5)
+    # the printed sign is right: unrounded Eq. (3) sends R_min to Q_min and R_max to Q_max ...
+    assert Q.quantize_as_printed(rmin, S, Z) == pytest.approx(qmin, abs=1e-9)
+    assert Q.quantize_as_printed(rmax, S, Z) == pytest.approx(qmax, abs=1e-9)
+    assert Z == pytest.approx(qmin - rmin / S)                      # = Jacob et al.'s form
+    # ... but Z = 63.75 is no INT8, so real 0 has no exact code: it comes back as (64 - 63.75) * S
+    assert Z == pytest.approx(63.75)
+    zero_back = Q.dequantize_as_printed(round(Q.quantize_as_printed(0.0, S, Z)), S, Z)
+    assert zero_back == pytest.approx(0.25 * S) and zero_back != 0
+
+
+def test_corrected_zero_point_is_an_integer_and_makes_zero_exact():
+    rmin, rmax, qmin, qmax = -1.0, 3.0, 0, 255
+    S, Z = Q.scale(rmin, rmax, qmin, qmax), Q.zero_point(rmin, rmax, qmin, qmax)
+    assert Z == 64 == round(Q.zero_point_as_printed(rmin, rmax, qmin, qmax))
+    q, _, _ = Q.quantize(torch.tensor([0.0, rmin, rmax]), 8, symmetric=False, scale=S, zero_point=Z)
+    assert q.tolist() == [64, 0, 255]                               # 0 -> Z exactly; ends -> q_min, q_max
+    assert Q.dequantize(q, S, Z)[0] == 0
+
+
+def test_corrected_zero_point_is_the_rounded_printed_one_over_many_ranges():
+    g = torch.Generator().manual_seed(0)
+    rmin = -torch.rand(1000, generator=g) * 5
+    rmax = torch.rand(1000, generator=g) * 5
+    for qmin, qmax in [(0, 255), (-128, 127), (0, 15)]:
+        printed = Q.zero_point_as_printed(rmin.double(), rmax.double(), qmin, qmax)
+        corrected = Q.zero_point(rmin.double(), rmax.double(), qmin, qmax)
+        assert torch.equal(corrected, torch.round(printed))
+        assert not torch.equal(printed, torch.round(printed))        # most printed Z are fractional
+
+
+# ----------------------------------------------------------------------------------------------
+# quantize / dequantize
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_round_trip_is_within_half_a_step(bits, symmetric, per_channel):
+    x = gaussian(16, 8, 3, 3) * torch.linspace(0.1, 3, 16).view(16, 1, 1, 1)   # channels differ in range
+    q, S, Z = Q.quantize(x, bits, symmetric, per_channel)
+    qmin, qmax = Q.qrange(bits, symmetric)
+    assert q.min() >= qmin and q.max() <= qmax and not q.dtype.is_floating_point
+    assert S.shape == ((16,) if per_channel else ())
+    err = (Q.dequantize(q, S, Z) - x).abs()
+    half_step = (S.view(16, 1, 1, 1) if per_channel else S) / 2
+    # plus float32's own rounding of x/S and S*(q-Z), which matters at 16 bits (|x|/S up to 32767)
+    assert torch.all(err <= half_step + 4 * torch.finfo(torch.float32).eps * x.abs())
+    assert err.max() > 0.25 * half_step.min()     # the bound is tight, not vacuous
+
+
+def test_per_channel_beats_per_tensor_when_channels_differ():
+    x = gaussian(16, 64) * torch.logspace(-2, 0, 16).view(16, 1)
+    assert Q.quantization_error(x, 8, per_channel=True).sqnr_db > \
+        Q.quantization_error(x, 8, per_channel=False).sqnr_db + 5
+
+
+def test_code_dtypes_and_range_widened_to_zero():
+    assert Q.quantize(gaussian(10), 8, True)[0].dtype == torch.int8
+    assert Q.quantize(gaussian(10), 8, False)[0].dtype == torch.uint8
+    assert Q.quantize(gaussian(10), 12, True)[0].dtype == torch.int16
+    positive = torch.rand(100) + 1                       # range [1, 2] widened to [0, 2]
+    q, S, Z = Q.quantize(positive, 8, symmetric=False)
+    assert int(Z) == 0 and float(S) == pytest.approx(float(positive.max()) / 255)
+    q, S, Z = Q.quantize(torch.zeros(5), 8, symmetric=False)   # all zero: no division by zero
+    assert torch.equal(Q.dequantize(q, S, Z), torch.zeros(5))
+    with pytest.raises(ValueError, match="bits=1 must be an int from 2 to 16"):
+        Q.quantize(positive, 1)
+
+
+@pytest.mark.parametrize("symmetric,dtype", [(True, torch.qint8), (False, torch.quint8)])
+def test_codes_agree_with_torch_quantize_per_tensor(symmetric, dtype):
+    x = gaussian(1000) * 3
+    q, S, Z = Q.quantize(x, 8, symmetric)
+    ref = torch.quantize_per_tensor(x, float(S), int(Z), dtype)
+    assert torch.equal(ref.int_repr(), q)
+    torch.testing.assert_close(ref.dequantize(), Q.dequantize(q, S, Z), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("symmetric,dtype", [(True, torch.qint8), (False, torch.quint8)])
+@pytest.mark.parametrize("axis", [0, 1])
+def test_codes_agree_with_torch_quantize_per_channel(symmetric, dtype, axis):
+    x = gaussian(8, 6, 3, 3)
+    q, S, Z = Q.quantize(x, 8, symmetric, per_channel=True, axis=axis)
+    ref = torch.quantize_per_channel(x, S.double(), Z, axis, dtype)
+    assert torch.equal(ref.int_repr(), q)
+
+
+def test_fake_quantize_matches_torch_values_and_straight_through_gradients():
+    x = (gaussian(500) * 2).requires_grad_()
+    ours = Q.fake_quantize(x, 4, symmetric=False, scale=0.1, zero_point=8)   # clamps outside [-0.8, 0.7]
+    ours.sum().backward()
+    x_ref = x.detach().clone().requires_grad_()
+    ref = torch.fake_quantize_per_tensor_affine(x_ref, 0.1, 8, 0, 15)
+    ref.sum().backward()
+    assert torch.equal(ours, ref) and torch.equal(x.grad, x_ref.grad)
+    assert 0 < x.grad.sum() < len(x)        # gradient 1 inside the range, 0 where clamped
+
+
+def test_sqnr_grows_about_6_db_per_bit():
+    x = gaussian(100_000)
+    sqnr = [Q.sqnr_db(x, Q.fake_quantize(x, b, symmetric=False)) for b in range(4, 13)]
+    gains = [b - a for a, b in zip(sqnr, sqnr[1:])]
+    assert all(5.5 < g < 6.5 for g in gains), gains
+    assert Q.sqnr_db(x, x) == math.inf
+    noise = Q.quantization_noise(x, 8, in_steps=True)
+    assert noise.abs().max() <= 0.5 + 1e-4 and noise.std() == pytest.approx(1 / math.sqrt(12), rel=0.05)
+
+
+# ----------------------------------------------------------------------------------------------
+# Binary and ternary weights
+
+def test_binary_weights_take_two_values_per_channel():
+    w = gaussian(32, 16, 3, 3).requires_grad_()
+    b = Q.binarize(w)
+    for c in range(32):
+        values = torch.unique(b[c].detach())
+        alpha = w[c].detach().abs().mean()
+        assert len(values) == 2 and torch.allclose(values, torch.stack([-alpha, alpha]))
+    b.sum().backward()
+    assert torch.equal(w.grad, torch.ones_like(w))      # straight-through
+
+
+def test_ternary_weights_take_three_values_per_channel():
+    w = gaussian(32, 16, 3, 3)
+    t = Q.ternarize(w)
+    for c in range(32):
+        a = w[c].abs()
+        delta = 0.7 * a.mean()
+        alpha = a[a > delta].mean()
+        assert torch.allclose(torch.unique(t[c]), torch.stack([-alpha, torch.tensor(0.0), alpha]))
+        assert torch.equal(t[c] == 0, a <= delta)
+    assert len(torch.unique(Q.ternarize(w, per_channel=False))) == 3
+
+
+# ----------------------------------------------------------------------------------------------
+# Whole models
+
+def test_quantize_weights_puts_every_filter_on_a_grid():
+    model = create_model("cifar_net", width=0.25)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                 Q.quantize_weights(model, 32).state_dict().values()))
+    four = Q.quantize_weights(model, 4)
+    for m in four.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            assert all(len(torch.unique(m.weight[c])) <= 15 for c in range(m.weight.shape[0]))
+    one = Q.quantize_weights(model, 1)
+    assert all(len(torch.unique(m.weight[c])) == 2 for m in one.modules() if isinstance(m, nn.Conv2d)
+               for c in range(m.weight.shape[0]))
+    half = Q.quantize_weights(model, 16, fp16=True)
+    assert torch.equal(half.head.weight, model.head.weight.half().float())
+    assert not torch.equal(four.head.weight, model.head.weight)   # the original is untouched
+
+
+def test_quantized_weights_keep_pruned_zeros():
+    pruned = P.prune_unstructured(create_model("cifar_net", width=0.25), 0.5)
+    for bits in (8, 3):
+        for symmetric in (True, False):
+            assert P.sparsity(Q.quantize_weights(pruned, bits, symmetric)) >= P.sparsity(pruned)
+
+
+def test_quantized_size_counts_codes_and_scales():
+    model = create_model("cifar_net", width=0.25)
+    assert Q.quantized_size_bytes(model, 32) == model_size_bytes(model)
+    eight = Q.quantized_size_bytes(model, 8)
+    assert model_size_bytes(model, 8) < eight < 0.3 * model_size_bytes(model)
+
+
+# ----------------------------------------------------------------------------------------------
+# Real int8 inference and QAT (a small model, trained for a few seconds on real images)
+
+@pytest.fixture(scope="module")
+def trained():
+    seed_everything(0)
+    model = create_model("cifar_net", width=0.5)
+    T.train(model, T.TrainConfig(budget="smoke", epochs=1, train_images=2_000, eval_images=200,
+                                 max_seconds=None, progress=False, history_eval_images=200))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def test_batch():
+    images, _ = load_cifar10("test")
+    return normalize(images[:256])
+
+
+def test_int8_model_runs_int8_kernels_and_agrees_with_fp32(trained, test_batch):
+    images, _ = load_cifar10("train")
+    int8 = Q.to_int8(trained, normalize(images[:256]))
+    assert Q.is_int8(int8) and not Q.is_int8(trained)
+    from torch.ao.nn import quantized as nnq
+    convs = [m for m in int8.modules() if isinstance(m, nnq.Conv2d)]
+    assert len(convs) == 7 and all(m.weight().int_repr().dtype == torch.int8 for m in convs)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        out = int8(test_batch.contiguous(memory_format=torch.channels_last))   # what evaluate() feeds
+    ops = {e.key for e in prof.key_averages()}
+    assert "quantized::conv2d" in ops and "aten::convolution" not in ops, sorted(ops)
+    with torch.no_grad():
+        ref = trained(test_batch)
+    assert out.shape == ref.shape == (256, 10) and out.dtype == torch.float32
+    agree = (out.argmax(1) == ref.argmax(1)).float().mean()
+    assert agree > 0.9, f"int8 and fp32 predictions agree on only {agree:.0%}"
+    assert Q.saved_size_bytes(int8) < Q.saved_size_bytes(trained) / 2.5
+    assert abs(T.evaluate(int8, n=500).value - T.evaluate(trained, n=500).value) < 0.05
+
+
+def test_int8_of_a_filter_pruned_model(trained, test_batch):
+    int8 = Q.to_int8(P.prune_filters(trained, 0.5), 64)   # 64 training images as calibration
+    assert Q.is_int8(int8) and int8(test_batch[:4]).shape == (4, 10)
+
+
+def test_qat_fine_tune_trains_weights_on_the_grid(trained):
+    model, result = Q.qat_finetune(trained, 3, T.TrainConfig(budget="smoke", epochs=1, train_images=512,
+                                                             eval_images=200, progress=False,
+                                                             history_eval_images=200))
+    assert result.accuracy.n == 200
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert all(type(m) is nn.Conv2d for m in convs)               # plain layers again
+    for m in convs:
+        assert max(len(torch.unique(m.weight[c])) for c in range(m.out_channels)) <= 7   # 3 bits: -3..3
+    torch.testing.assert_close(Q.quantize_weights(model, 3).head.weight, model.head.weight)
+    assert not isinstance(trained.stem[0], Q.FakeQuantConv2d)      # the original is untouched
