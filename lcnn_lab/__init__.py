@@ -6,4 +6,4 @@
 """
 __version__ = "0.1.0"
 
-from . import config, data, exercises, layers, models, profile, prune, quant, results, train, zoo  # noqa: E402,F401
+from . import config, data, exercises, layers, models, profile, prune, quant, results, train, widgets, zoo  # noqa: E402,F401,E501

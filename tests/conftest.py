@@ -1,0 +1,49 @@
+"""Shared fixtures: a headless Chromium for the tests that look at pages as a reader's browser does."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+# Debian's packages (`make browser`); the driver path is passed explicitly, so Selenium Manager is
+# never asked to find or download anything (it would need the internet).
+CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
+CHROMEDRIVER = Path(shutil.which("chromedriver") or "/usr/bin/chromedriver")
+CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync",
+                "--window-size=1200,1400", "--hide-scrollbars")
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+@pytest.fixture(scope="session")
+def chrome(tmp_path_factory):
+    """A headless Chromium driven by selenium, shared by every browser test of the session.
+
+    Skipped (with the reason) when Chromium is not installed, except in CI (``CI=true``), where a
+    missing browser is a failure: the browser tests must run there.
+    """
+    if not CHROMIUM.exists():
+        message = f"headless Chromium not found at {CHROMIUM}: run `make browser` to install it"
+        if in_ci():
+            pytest.fail(f"{message} (CI is set, so the browser tests may not be skipped)")
+        pytest.skip(message)
+    if not CHROMEDRIVER.exists():
+        pytest.fail(f"{CHROMIUM} is installed but chromedriver is not at {CHROMEDRIVER}: run `make browser`")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (*CHROME_FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('chrome-profile')}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
