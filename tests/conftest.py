@@ -16,6 +16,20 @@ CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-backgr
                 "--window-size=1200,1400", "--hide-scrollbars")
 
 
+def pytest_configure(config):
+    """Tests write into a copy of the committed results store, never into results/ itself.
+
+    The copy starts with what is committed (so the notebooks find the stored measurements, as in the
+    book) and collects what the smoke-budget runs add; kernels and the book build inherit the variable.
+    """
+    import tempfile
+    root = Path(__file__).resolve().parent.parent
+    copy = Path(tempfile.mkdtemp(prefix="lcnn-test-results-"))
+    if (root / "results").is_dir():
+        shutil.copytree(root / "results", copy, dirs_exist_ok=True)
+    os.environ["LCNN_RESULTS"] = str(copy)
+
+
 def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 

@@ -29,7 +29,7 @@ def test_every_notebook_is_in_the_toc():
 @pytest.fixture(scope="session")
 def built_book(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("book")
-    env = dict(os.environ, LCNN_BUDGET="smoke")
+    env = dict(os.environ, LCNN_BUDGET="smoke", LCNN_WIDGETS="static")  # as `make book` does, at the smoke budget
     proc = subprocess.run(
         [str(JB), "build", str(ROOT), "--path-output", str(out), "--warningiserror", "--nitpick", "--keep-going"],
         env=env, capture_output=True, text=True, timeout=1800)
@@ -56,3 +56,64 @@ def test_internal_links_resolve(built_book):
             if not (page.parent / href).resolve().exists():
                 broken.append(f"{page.relative_to(built_book)} -> {href}")
     assert not broken, "broken internal links:\n" + "\n".join(broken[:20])
+
+
+# ----------------------------------------------------------------------------------------------
+# The built book in a real browser (headless Chromium, see conftest.py)
+
+SCREENSHOTS = ROOT / "_build" / "screenshots"  # copies are committed in book/_static/screenshots/
+
+
+@pytest.fixture(scope="session")
+def served_book(built_book):
+    """The built site over HTTP on 127.0.0.1, as a reader's browser would load it."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(built_book))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def _page(f: str) -> str:
+    return f.removesuffix(".ipynb").removesuffix(".md") + ".html"
+
+
+def test_every_page_renders_with_its_figures_and_static_widgets(chrome, served_book):
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    for f in toc_files():
+        chrome.get(f"{served_book}/{_page(f)}")
+        heading = chrome.execute_script("const h = document.querySelector('article h1'); return h ? h.textContent : ''")
+        assert heading.strip(), f"{f}: no title rendered"
+        broken = chrome.execute_script(
+            "return Array.from(document.images).filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src)")
+        assert not broken, f"{f}: images that did not load: {broken}"
+        if f.startswith("notebooks/"):
+            assert chrome.find_elements("css selector", "main div.lcnn-explorer"), f"{f}: no static explorer"
+            assert chrome.find_elements("css selector", "main img"), f"{f}: no figure"
+            errors = chrome.find_elements("css selector", "main .output.error, main .output.traceback")
+            assert not errors, f"{f}: a cell printed a traceback"
+        if f in ("book/intro", "notebooks/01_kernel_size"):
+            chrome.set_window_size(1280, 1600)
+            assert chrome.save_screenshot(str(SCREENSHOTS / f"{Path(f).name}.png"))
+
+
+def test_static_slider_in_a_built_chapter_changes_the_numbers(chrome, served_book):
+    from selenium.webdriver.common.keys import Keys
+
+    chrome.get(f"{served_book}/notebooks/01_kernel_size.html")
+    explorer = chrome.find_element("css selector", "main div.lcnn-explorer")
+    chrome.execute_script("arguments[0].scrollIntoView()", explorer)
+
+    def shown(metric):
+        return explorer.find_element("css selector", f"[data-view] [data-metric='{metric}']").text
+
+    before = shown("params"), shown("macs")
+    explorer.find_element("css selector", "input[type=range]").send_keys(Keys.ARROW_RIGHT)  # k = 3 -> 5
+    after = shown("params"), shown("macs")
+    assert after != before and all(after)
+    assert "measured" in explorer.text.lower() or "threads" in explorer.text
