@@ -270,6 +270,9 @@ ZERO_MAC_OPS: tuple[str, ...] = (
     # data movement: reshapes of channel shuffle and flatten, dropout (identity at inference)
     "aten::view", "aten::reshape", "aten::transpose", "aten::permute", "aten::contiguous",
     "aten::flatten", "aten::size", "aten::Int", "aten::cat", "aten::chunk", "aten::dropout",
+    "aten::dropout_",
+    # global average pooling written as a mean (ShuffleNetV2), and index arithmetic on shapes
+    "aten::mean", "aten::floor_divide",
 )
 
 
