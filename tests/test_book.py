@@ -116,4 +116,8 @@ def test_static_slider_in_a_built_chapter_changes_the_numbers(chrome, served_boo
     explorer.find_element("css selector", "input[type=range]").send_keys(Keys.ARROW_RIGHT)  # k = 3 -> 5
     after = shown("params"), shown("macs")
     assert after != before and all(after)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    chrome.set_window_size(1280, 1300)
+    chrome.execute_script("arguments[0].scrollIntoView()", explorer)
+    assert chrome.save_screenshot(str(SCREENSHOTS / "01_kernel_size_explorer.png"))
     assert "measured" in explorer.text.lower() or "threads" in explorer.text
