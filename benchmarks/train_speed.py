@@ -3,8 +3,9 @@
 (a) The PyTorch "Training a classifier" tutorial: LeNet (conv 3->6 5x5, pool, conv 6->16 5x5, pool,
     fc 400-120-84-10), a DataLoader over PIL images with ToTensor + Normalize, batch 4, SGD lr 0.001
     momentum 0.9, 2 epochs. Its final test accuracy is A.
-(b) lcnn_lab.train on the baseline cifar_net, with a time-capped one-cycle schedule, evaluated on the
-    test set several times per epoch so that each crossing (A, 80 %, 85 %) can be placed.
+(b) lcnn_lab.train on the baseline cifar_net, evaluated on the test set several times per epoch so that
+    each crossing can be placed: a one-epoch schedule for the time to reach A (what a reader who wants A
+    quickly would run), and a 300-second one-cycle schedule for the times to 80 % and 85 %.
 
 Training seconds exclude evaluation in both. Targets on 2 CPU cores: (b) reaches A at least 10x sooner
 than (a) trains, and reaches 85 % within 300 s.
@@ -92,6 +93,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=300, help="time cap of lcnn_lab's schedule")
     ap.add_argument("--epochs", type=float, default=40, help="lcnn_lab epochs if the time cap is not hit")
+    ap.add_argument("--short-epochs", type=float, default=1, help="schedule length of the time-to-A run")
+    ap.add_argument("--skip-long", action="store_true", help="only the time-to-A run (quick experiments)")
     ap.add_argument("--tutorial-epochs", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2, help="tutorial DataLoader workers (the tutorial uses 2)")
     ap.add_argument("--evals-per-epoch", type=int, default=4)
@@ -112,25 +115,34 @@ def main():
     else:
         acc_a, sec_a = args.skip_tutorial, float("nan")
 
-    print("(b) lcnn_lab.train, cifar_net")
-    config.seed_everything(0)
-    model = create_model("cifar_net")
-    cfg = TrainConfig(budget="full", epochs=args.epochs, max_seconds=args.seconds,
-                      evals_per_epoch=args.evals_per_epoch, history_eval_images=10_000, threads=threads)
-    result = train(model, cfg)
-    print(f"  {result}")
-    for h in result.history:
-        print(f"    epoch {h.epoch:5.2f}  {h.seconds:6.1f} s  loss {h.train_loss:.3f}  test {100 * h.test_accuracy:.2f} %")
+    def run(label: str, **kw):
+        print(f"(b) lcnn_lab.train, cifar_net, {label}")
+        config.seed_everything(0)
+        cfg = TrainConfig(budget="full", evals_per_epoch=args.evals_per_epoch, history_eval_images=10_000,
+                          threads=threads, **kw)
+        result = train(create_model("cifar_net"), cfg)
+        print(f"  {result}")
+        for h in result.history:
+            print(f"    epoch {h.epoch:5.2f}  {h.seconds:6.1f} s  loss {h.train_loss:.3f}  "
+                  f"test {100 * h.test_accuracy:.2f} %")
+        return result
+
+    short = run(f"{args.short_epochs:g}-epoch schedule", epochs=args.short_epochs, max_seconds=None)
+    result = short if args.skip_long else \
+        run(f"{args.seconds:g} s schedule", epochs=args.epochs, max_seconds=args.seconds)
 
     print("\nsummary (training seconds, evaluation excluded)")
     print(f"  tutorial: A = {100 * acc_a:.2f} % in {sec_a:.1f} s")
-    first = next((h for h in result.history if h.test_accuracy >= acc_a), None)
+    first = next((h for h in short.history if h.test_accuracy >= acc_a), None)
     if first is not None:
         ratio = sec_a / first.seconds
-        print(f"  lcnn_lab reaches A at {crossing(result.history, acc_a)}: {ratio:.1f}x sooner "
-              f"(target >= 10x: {'met' if ratio >= 10 else 'MISSED'})")
+        print(f"  lcnn_lab ({args.short_epochs:g}-epoch schedule) reaches A at {crossing(short.history, acc_a)}: "
+              f"{ratio:.1f}x sooner (target >= 10x: {'met' if ratio >= 10 else 'MISSED'})")
     else:
-        print(f"  lcnn_lab reaches A: {crossing(result.history, acc_a)}")
+        print(f"  lcnn_lab ({args.short_epochs:g}-epoch schedule) reaches A: {crossing(short.history, acc_a)}")
+    if args.skip_long:
+        return
+    print(f"  lcnn_lab ({args.seconds:g} s schedule) reaches A at {crossing(result.history, acc_a)}")
     print(f"  lcnn_lab reaches 80 %: {crossing(result.history, 0.80)}")
     at85 = next((h.seconds for h in result.history if h.test_accuracy >= 0.85), None)
     print(f"  lcnn_lab reaches 85 %: {crossing(result.history, 0.85)} "
