@@ -238,8 +238,11 @@ def _lr_factor(progress: float, warmup: float) -> float:
     return max(0.0, (1 - progress) / (1 - warmup))
 
 
-def train(model: nn.Module, cfg: TrainConfig | None = None, **overrides) -> TrainResult:
+def train(model: nn.Module, cfg: TrainConfig | None = None, on_progress=None, **overrides) -> TrainResult:
     """Train ``model`` on CIFAR-10 in place under ``cfg`` (fields may also be given as keywords).
+
+    ``on_progress(fraction, text)``, if given, is called after every step with the fraction of the
+    schedule done and a short status line (a widget's progress bar uses it).
 
     Returns a :class:`TrainResult` with the final test accuracy (and standard error), the per-epoch
     history, the training seconds (evaluation excluded) and where it ran.
@@ -310,6 +313,9 @@ def train(model: nn.Module, cfg: TrainConfig | None = None, **overrides) -> Trai
         # the bar shows progress through the schedule: steps, or seconds when the time cap binds first
         done_frac = max(step / total_steps, seconds / cfg.max_seconds if cfg.max_seconds else 0.0)
         bar.update(min(total_steps, round(done_frac * total_steps)) - bar.n)
+        if on_progress is not None:
+            last = f" (loss {history[-1].train_loss:.3f}, acc {100 * history[-1].test_accuracy:.1f} %)" if history else ""
+            on_progress(min(done_frac, 1.0), f"training… {100 * min(done_frac, 1.0):.0f} %{last}")
         done = step >= total_steps or (cfg.max_seconds is not None and seconds >= cfg.max_seconds)
         if step % eval_every == 0 or done:
             acc = evaluate(ema or model, "test", n=cfg.history_eval_images, device=dev).value
@@ -339,7 +345,8 @@ def _train_key(name: str, knobs: dict, cfg: TrainConfig, dev: torch.device) -> d
                     device=dev.type)
 
 
-def train_model(name: str, cfg: TrainConfig | None = None, store=None, **knobs) -> tuple[nn.Module, TrainResult]:
+def train_model(name: str, cfg: TrainConfig | None = None, store=None, on_progress=None,
+                **knobs) -> tuple[nn.Module, TrainResult]:
     """Build ``create_model(name, **knobs)``, train it under ``cfg`` and record the result in ``store``
     (default: the results store). Returns the trained model and its :class:`TrainResult`."""
     from .models import create_model, model_knobs
@@ -347,7 +354,7 @@ def train_model(name: str, cfg: TrainConfig | None = None, store=None, **knobs) 
     cfg = (cfg or TrainConfig()).resolved()
     config.seed_everything(cfg.seed)  # the initial weights come from the seed too
     model = create_model(name, **knobs)
-    result = train(model, cfg)
+    result = train(model, cfg, on_progress=on_progress)
     store = store if store is not None else ResultsStore()
     key = _train_key(name, model_knobs(model), cfg, config.get_device(cfg.device))
     store.put(key, _metrics(result), _provenance(result))

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import asyncio
 import html
-import io
 import itertools
 import math
 import platform
@@ -54,9 +53,8 @@ import re
 import time
 import uuid
 from collections import OrderedDict
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -496,45 +494,6 @@ def render_view(title: str, knob_text: str, baseline_text: str, metrics: Mapping
             f"<div style='flex:1 1 340px;min-width:0'>{table}</div>"
             f"<div data-plot style='flex:0 1 {_W}px'>{plot_svg}</div></div>"
             f"<div data-provenance style='font-size:11.5px;opacity:.7;margin-top:6px'>{_esc(footer)}</div></div>")
-
-
-# ----------------------------------------------------------------------------------------------
-# Progress of a training run started from the Train button
-
-@contextmanager
-def _train_progress(callback: Callable[[float, str], None], max_seconds: float | None) -> Iterator[None]:
-    """Route :func:`lcnn_lab.train.train`'s progress bar to ``callback(fraction, text)``.
-
-    ``train`` draws its bar with ``tqdm.auto``, which in a notebook displays a widget in the current
-    cell output: from a button's callback there is none, so nobody would see it. Until ``train`` takes
-    a progress callback, its module-level ``tqdm`` is swapped for a subclass that reports to
-    ``callback`` instead, for the duration of the run.
-    """
-    from tqdm.std import tqdm as std_tqdm
-
-    from . import train as T
-
-    class _Reporter(std_tqdm):
-        monitor_interval = 0   # no tqdm monitor thread: report from the training loop only
-
-        def __init__(self, *args, **kwargs):
-            kwargs.update(file=io.StringIO(), mininterval=0.25)
-            super().__init__(*args, **kwargs)
-
-        def display(self, msg=None, pos=None):  # tqdm calls this on each refresh
-            elapsed = self.format_dict.get("elapsed", 0.0)
-            frac = max(self.n / self.total if self.total else 0.0,
-                       elapsed / max_seconds if max_seconds else 0.0)
-            post = f" ({self.postfix})" if self.postfix else ""
-            callback(min(frac, 1.0), f"training… {100 * min(frac, 1.0):.0f} %{post}")
-            return True
-
-    original = T.tqdm
-    T.tqdm = _Reporter
-    try:
-        yield
-    finally:
-        T.tqdm = original
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1024,9 +983,9 @@ class Explorer:
         report(0.0, "training… 0 %")
         try:
             name, knobs = self._train_target(key)
-            cfg = self._train_cfg(progress=True)
-            with _train_progress(report, cfg.max_seconds):
-                train_model(name, cfg, store=self.store if self.store is not None else ResultsStore(), **knobs)
+            cfg = self._train_cfg(progress=False)  # the widget's own bar shows progress, via on_progress
+            train_model(name, cfg, store=self.store if self.store is not None else ResultsStore(),
+                        on_progress=report, **knobs)
             ui["label"].value = "done"
             self._cache[key].get("_done", set()).discard("accuracy")
             self._status.get(key, {}).pop("accuracy", None)
