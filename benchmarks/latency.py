@@ -23,9 +23,10 @@ import time
 
 import torch
 
-from lcnn_lab.config import cpu_name, get_device, get_threads
+from lcnn_lab.config import get_device, get_threads, provenance
 from lcnn_lab.models import create_model
-from lcnn_lab.profile import count_macs, measure_latency
+from lcnn_lab.profile import compare_latency, count_macs, measure_latency
+from lcnn_lab.units import scaled
 
 SPREAD_TARGET = 5.0  # %: five medians of the same model should agree this well on an idle machine
 
@@ -74,12 +75,12 @@ class CpuWatch:
 
 def print_header(threads: int, device: torch.device) -> None:
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    p = provenance(threads=threads, device=device, data=False)
     print("# Latency vs MACs: cifar_net convolution variants")
-    print(f"machine   {platform.platform()}, Python {platform.python_version()}")
-    print(f"cpu       {cpu_name()}, {os.cpu_count()} logical cores, "
-          f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}")
-    print(f"device    {device}; {threads} intra-op threads")
-    print(f"torch     {torch.__version__}")
+    print(f"machine   {p['machine']}, {os.cpu_count()} logical cores, {platform.platform()}, "
+          f"Python {platform.python_version()}, torch CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    print(f"device    {p['device']} ({p['device_name']}); {p['threads']} intra-op threads")
+    print(f"torch     {p['torch']}, lcnn_lab {p['lcnn_lab']}, {p['date']}")
     print(f"load avg  {load} (1/5/15 min); other work on the machine makes timings noisy")
     print()
 
@@ -114,17 +115,12 @@ def grid(kernel_sizes, groups_list, batches, threads: int, device: torch.device,
     print("all of them alike); shown: median of the round medians ± half their range. Ratios are to")
     print("groups=1 at the same kernel size and batch.")
     print()
-    configs = [(k, batch, groups) for k in kernel_sizes for batch in batches for groups in groups_list]
-    models = {k: {g: create_model("cifar_net", kernel_size=k, groups=g) for g in groups_list}
-              for k in kernel_sizes}
-    macs = {(k, g): count_macs(models[k][g]).total for k in kernel_sizes for g in groups_list}
-    times: dict[tuple, list[float]] = {c: [] for c in configs}
+    models = {f"k={k} g={g}": create_model("cifar_net", kernel_size=k, groups=g)
+              for k in kernel_sizes for g in groups_list}
+    macs = {(k, g): count_macs(models[f"k={k} g={g}"]).total for k in kernel_sizes for g in groups_list}
     with CpuWatch() as watch:
-        for _ in range(rounds):
-            for k, batch, groups in configs:
-                lat = measure_latency(models[k][groups], batch=batch, threads=threads, device=device,
-                                      min_run_time=min_run_time)
-                times[(k, batch, groups)].append(lat.median_ms)
+        timed = compare_latency(models, batches=batches, rounds=rounds, threads=threads, device=device,
+                                min_run_time=min_run_time, progress=False)
 
     header = (f"{'k':>2} {'groups':>9} {'MACs':>9} {'MACs':>6} {'batch':>5} "
               f"{'latency ms':>17} {'latency':>7} {'GMAC/s':>7}")
@@ -133,14 +129,14 @@ def grid(kernel_sizes, groups_list, batches, threads: int, device: torch.device,
     print("-" * len(header))
     for k in kernel_sizes:
         for batch in batches:
-            base_ms = statistics.median(times[(k, batch, groups_list[0])])
+            base = f"k={k} g={groups_list[0]}"
             for groups in groups_list:
-                runs = times[(k, batch, groups)]
-                ms, half_range = statistics.median(runs), (max(runs) - min(runs)) / 2
-                rate = macs[(k, groups)] * batch / (ms * 1e-3) / 1e9
-                print(f"{k:>2} {groups!s:>9} {macs[(k, groups)] / 1e6:9.2f} "
+                name = f"k={k} g={groups}"
+                ms, half_range = timed.median_ms(name, batch), timed.spread_ms(name, batch)
+                rate = scaled(macs[(k, groups)] * batch / (ms * 1e-3), "G")
+                print(f"{k:>2} {groups!s:>9} {scaled(macs[(k, groups)], 'M'):9.2f} "
                       f"{macs[(k, groups)] / macs[(k, groups_list[0])]:6.3f} {batch:>5} "
-                      f"{f'{ms:9.3f} ± {half_range:5.3f}':>17} {ms / base_ms:7.3f} {rate:7.1f}")
+                      f"{f'{ms:9.3f} ± {half_range:5.3f}':>17} {timed.ratio(name, base, batch):7.3f} {rate:7.1f}")
         print()
     print(f"during the grid: {watch} on average")
     print()

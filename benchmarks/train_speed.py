@@ -15,7 +15,6 @@ than (a) trains, and reaches 85 % within 300 s.
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import torch
@@ -23,11 +22,10 @@ import torch.nn as nn
 import torchvision.transforms as transforms
 from PIL import Image
 
-import lcnn_lab
 from lcnn_lab import config
 from lcnn_lab.data import data_source, load_cifar10
 from lcnn_lab.models import create_model
-from lcnn_lab.train import TrainConfig, evaluate, train
+from lcnn_lab.train import TrainConfig, train
 
 
 class PILCifar(torch.utils.data.Dataset):
@@ -104,8 +102,9 @@ def main():
     args = ap.parse_args()
 
     threads = config.set_threads(args.threads)
-    print(f"machine: {platform.machine()}, {config.cpu_name()}, {threads} threads, "
-          f"torch {torch.__version__}, lcnn_lab {lcnn_lab.__version__}")
+    p = config.provenance(threads=threads)
+    print(f"machine: {p['machine']}, {p['device']} ({p['device_name']}), {p['threads']} threads, "
+          f"torch {p['torch']}, lcnn_lab {p['lcnn_lab']}, {p['date']}")
     print(f"data: {data_source()}\n")
 
     if args.skip_tutorial is None:

@@ -6,4 +6,5 @@
 """
 __version__ = "0.1.0"
 
-from . import config, data, exercises, layers, models, profile, prune, quant, results, train, widgets, zoo  # noqa: E402,F401,E501
+from . import (config, data, exercises, imagenet, layers, models, profile, prune, quant, render,  # noqa: E402,F401
+               results, train, trained, units, widgets)

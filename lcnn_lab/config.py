@@ -20,13 +20,19 @@ The only environment variables lcnn_lab reads are documented here:
 """
 from __future__ import annotations
 
+import datetime
 import os
+import platform
 import random
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Callable
 
 import numpy as np
 import torch
+
+from . import __version__
 
 ENV_VARS = ("LCNN_BUDGET", "LCNN_DATA", "LCNN_DEVICE", "LCNN_THREADS", "LCNN_CACHE", "LCNN_RESULTS", "LCNN_WIDGETS")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -68,6 +74,22 @@ def get_budget(budget: str | Budget | None = None) -> Budget:
         raise ValueError(f"budget {name!r} is not one of {', '.join(BUDGETS)} "
                          "(set LCNN_BUDGET to smoke, quick or full)")
     return BUDGETS[name]
+
+
+# ----------------------------------------------------------------------------------------------
+# Checking a knob
+
+def is_positive_int(value: object) -> bool:
+    """True for 1, 2, 3, ...; False for 0, -1, 2.0, "2" and True (a bool is not a count)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def check_positive_int(name: str, value: object, hint: str = "") -> int:
+    """``value`` if it is a positive int, else a ``ValueError`` in the learner's words:
+    ``"stride=0 must be a positive int"`` (+ ``hint``, e.g. "(32 for float32, 8 for int8, ...)")."""
+    if not is_positive_int(value):
+        raise ValueError(f"{name}={value!r} must be a positive int" + (f" {hint}" if hint else ""))
+    return value
 
 
 # ----------------------------------------------------------------------------------------------
@@ -143,6 +165,31 @@ def results_dir() -> Path:
     return path
 
 
+def atomic_write(path: str | os.PathLike, data: bytes | Callable[[IO[bytes]], None]) -> Path:
+    """Write ``data`` (bytes, or a function that writes to an open binary file) to ``path`` so that
+    readers see the old file or the whole new one, never a partial one.
+
+    The data goes to a temporary file in the same folder, is flushed to disk, then renamed over
+    ``path`` (``os.replace`` is atomic on POSIX and Windows). Interrupted (Ctrl-C, a kernel restart),
+    it leaves the old file and no temporary one. The results store, the checkpoints and the data
+    cache all write through here, so nothing saved is lost when a run is cut short.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data) if isinstance(data, (bytes, bytearray)) else data(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)   # mkstemp makes the file private; results and caches are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:      # also on KeyboardInterrupt: leave no temporary file behind
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def widget_mode() -> str:
     """``live`` (ipywidgets, needs a kernel) or ``static`` (precomputed HTML, for the web book)."""
     mode = os.environ.get("LCNN_WIDGETS", "live").strip().lower()
@@ -151,9 +198,11 @@ def widget_mode() -> str:
     return mode
 
 
+# ----------------------------------------------------------------------------------------------
+# Provenance: where a number was measured
+
 def cpu_name() -> str:
     """The CPU model ("AMD EPYC ..."), read from /proc/cpuinfo on Linux, else what platform knows."""
-    import platform
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -164,15 +213,38 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def device_name(device: str | torch.device | None = None) -> str:
+    """The device's own name: the GPU's model, or the CPU's."""
+    dev = get_device(device)
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name()
+
+
+def provenance(budget: str | Budget | None = None, threads: int | None = None,
+               device: str | torch.device | None = None, data: bool = True) -> dict[str, str]:
+    """Where and how numbers are being measured, as the results store, the trainer, the Explorer's
+    footer, the benchmarks and :func:`describe` all record it.
+
+    Keys: ``machine`` (OS, architecture, CPU), ``device`` (type), ``device_name``, ``threads``,
+    ``budget``, ``torch``, ``lcnn_lab`` (the package version), ``date``, and with ``data`` the
+    CIFAR-10 copy as its kind and checksum (``data``, ``data_sha256``), never a folder of the
+    measuring machine.
+    """
+    dev = get_device(device)
+    out = {"machine": f"{platform.system()} {platform.machine()}, {cpu_name()}",
+           "device": dev.type, "device_name": device_name(dev), "threads": str(get_threads(threads)),
+           "budget": get_budget(budget).name, "torch": str(torch.__version__), "lcnn_lab": __version__,
+           "date": datetime.date.today().isoformat()}
+    if data:
+        from .data import data_source   # data imports config: imported here, not at the top
+        out.update(data_source().provenance)
+    return out
+
+
 def describe(budget: str | Budget | None = None, threads: int | None = None) -> str:
     """One line naming where numbers are being measured: device, CPU threads, budget, versions, date.
 
     Notebooks print it beside their results, so that every figure can be traced to its machine.
     """
-    import datetime
-
-    from . import __version__
-    dev = get_device()
-    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name()
-    return (f"{dev.type} ({where}), {get_threads(threads)} CPU threads, budget '{get_budget(budget).name}', "
-            f"torch {torch.__version__}, lcnn_lab {__version__}, {datetime.date.today().isoformat()}")
+    p = provenance(budget, threads, data=False)
+    return (f"{p['device']} ({p['device_name']}), {p['threads']} CPU threads, budget '{p['budget']}', "
+            f"torch {p['torch']}, lcnn_lab {p['lcnn_lab']}, {p['date']}")

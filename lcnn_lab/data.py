@@ -33,6 +33,7 @@ the JPEG mirror's pixels differ slightly from the official release.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import os
@@ -77,26 +78,33 @@ class DataNotFoundError(FileNotFoundError):
 
 @dataclass(frozen=True)
 class DataSource:
-    """Which copy of CIFAR-10 is used: ``kind`` is ``"official"`` or ``"mirror"``."""
+    """Which copy of CIFAR-10 is used: ``kind`` is ``"official"`` or ``"mirror"``.
+
+    ``str(source)`` names it for a reader ("CIFAR-10 JPEG mirror (cifar10-jpeg.tar.gz, sha256
+    8d843737…)"); :attr:`checksum` identifies its content, so that a stored result says which copy
+    it was measured on without naming a folder of the machine that measured it.
+    """
     kind: str
     path: str
-    description: str
+    description: str    # e.g. "CIFAR-10 JPEG mirror"
+
+    @property
+    def checksum(self) -> str:
+        """SHA-256 of the source's files (an archive itself; the six batch files of the official
+        folder; every image of a folder tree, with its relative path), computed once per process."""
+        return _checksum(self.path, _source_key(self))
+
+    @property
+    def provenance(self) -> dict[str, str]:
+        """What a stored result records about its data: the kind and the checksum, never a path."""
+        return {"data": self.kind, "data_sha256": self.checksum}
 
     def __str__(self) -> str:
-        return self.description
+        return f"{self.description} ({Path(self.path).name}, sha256 {self.checksum[:8]}…)"
 
 
 # ----------------------------------------------------------------------------------------------
 # Finding the data
-
-def _short(path: Path) -> str:
-    """The path as a reader would like to see it: relative to here when that is shorter."""
-    try:
-        rel = os.path.relpath(path)
-    except ValueError:          # another drive on Windows
-        return str(path)
-    return rel if len(rel) < len(str(path)) else str(path)
-
 
 def _member_parts(name: str) -> tuple[str, ...]:
     return tuple(p for p in name.replace("\\", "/").split("/") if p not in ("", "."))
@@ -150,19 +158,19 @@ def _find_in(folder: Path) -> DataSource | None:
         peeked = _peek_archive(folder)
         if peeked is None:
             return None
-        return DataSource(peeked[0], str(folder), f"CIFAR-10 {peeked[1]} ({_short(folder)})")
+        return DataSource(peeked[0], str(folder), f"CIFAR-10 {peeked[1]}")
     if not folder.is_dir():
         return None
     official = folder if folder.name == OFFICIAL_DIR else folder / OFFICIAL_DIR
     if (official / "test_batch").is_file():
-        return DataSource("official", str(official), f"CIFAR-10 official release ({_short(official)})")
+        return DataSource("official", str(official), "CIFAR-10 official release")
     archive = _find_in(folder / OFFICIAL_ARCHIVE) if (folder / OFFICIAL_ARCHIVE).is_file() else None
     if archive is not None:
         return archive
     subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and p.name != OFFICIAL_DIR)
     for tree in [folder, *subfolders]:
         if _is_tree(tree):
-            return DataSource("mirror", str(tree), f"CIFAR-10 {_tree_format(tree)} mirror ({_short(tree)})")
+            return DataSource("mirror", str(tree), f"CIFAR-10 {_tree_format(tree)} mirror")
     # Archives under other names: peeking costs a little decompression, so they come last.
     archives = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(ARCHIVE_SUFFIXES))
     found = [source for source in map(_find_in, archives) if source is not None]
@@ -409,6 +417,26 @@ def _source_key(source: DataSource) -> str:
     return hashlib.sha1("\n".join([str(_CACHE_VERSION), *stamps]).encode()).hexdigest()[:12]
 
 
+@functools.lru_cache(maxsize=8)
+def _checksum(path: str, stamp: str) -> str:
+    """SHA-256 of a source's content; ``stamp`` (its :func:`_source_key`) renews it when files change."""
+    root, digest = Path(path), hashlib.sha256()
+    if root.is_file():
+        files = [(root.name, root)]
+    elif (root / "test_batch").is_file():   # the official folder: its six pickles, in order
+        files = [(n, root / n) for n in OFFICIAL_FILES["train"] + OFFICIAL_FILES["test"]]
+    else:                                   # an image tree: every image, with its place in the tree
+        files = sorted((p.relative_to(root).as_posix(), p) for s in SPLITS if (root / s).is_dir()
+                       for p in (root / s).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    for name, file in files:
+        if not root.is_file():
+            digest.update(name.encode() + b"\0")
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def _is_writable(folder: Path) -> bool:
     # os.access alone says yes to root everywhere; a folder with no write bit (like a shared,
     # read-only data folder) is meant to be left alone, so respect its mode too.
@@ -435,20 +463,9 @@ def _read_cache(file: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _write_cache(folder: Path, name: str, images: np.ndarray, labels: np.ndarray) -> Path:
-    """Write atomically: a temporary file in the same folder, flushed to disk, then renamed."""
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, images=images, labels=labels,
-                     counts=np.bincount(labels, minlength=len(CLASSES)))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)             # mkstemp makes it private; the cache is meant to be shared
-        os.replace(tmp, folder / name)   # readers see the old file or the whole new one, never half
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write one split's arrays atomically (readers see the old file or the whole new one)."""
+    counts = np.bincount(labels, minlength=len(CLASSES))
+    config.atomic_write(folder / name, lambda f: np.savez(f, images=images, labels=labels, counts=counts))
     return folder / name
 
 

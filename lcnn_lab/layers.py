@@ -25,6 +25,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .config import check_positive_int, is_positive_int
+
 __all__ = [
     "KERNEL_SIZES", "DESIGNS",
     "ConvKxK", "StackedConv3x3", "FactorizedConv", "DepthwiseSeparableConv", "Bottleneck1x1",
@@ -76,8 +78,7 @@ def check_design(design: str) -> str:
 
 def check_groups(groups: int, c_in: int, c_out: int) -> int:
     """Return ``groups`` if it splits both channel counts evenly, else raise ``ValueError``."""
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"groups={groups!r} must be a positive int (or 'depthwise' in make_conv)")
+    check_positive_int("groups", groups, "(or 'depthwise' in make_conv)")
     if c_in % groups or c_out % groups:
         raise ValueError(f"groups={groups} must divide in_channels={c_in} and out_channels={c_out}: "
                          f"each group convolves c_in/groups input channels into c_out/groups "
@@ -87,8 +88,7 @@ def check_groups(groups: int, c_in: int, c_out: int) -> int:
 
 def _check_channels(c_in: int, c_out: int) -> None:
     for name, c in (("in_channels", c_in), ("out_channels", c_out)):
-        if isinstance(c, bool) or not isinstance(c, int) or c < 1:
-            raise ValueError(f"{name}={c!r} must be a positive int")
+        check_positive_int(name, c)
 
 
 def _between(c: int, norm_layer: NormLayer | None, act_layer: ActLayer | None) -> list[nn.Module]:
@@ -116,8 +116,7 @@ class ConvKxK(nn.Conv2d):
         _check_channels(c_in, c_out)
         check_kernel_size(k)
         check_groups(groups, c_in, c_out)
-        if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
-            raise ValueError(f"stride={stride!r} must be a positive int")
+        check_positive_int("stride", stride)
         super().__init__(c_in, c_out, k, stride=stride, padding=k // 2, groups=groups, bias=False)
 
 
@@ -205,13 +204,12 @@ class Bottleneck1x1(nn.Sequential):
                  norm_layer: NormLayer | None = None, act_layer: ActLayer | None = None):
         _check_channels(c_in, c_out)
         check_kernel_size(k, "bottleneck")
-        if isinstance(reduction, bool) or not isinstance(reduction, int) or reduction < 1:
-            raise ValueError(f"reduction={reduction!r} must be a positive int")
+        check_positive_int("reduction", reduction)
         mid = c_out // reduction
         if mid < 1:
             raise ValueError(f"reduction={reduction} leaves no channels for the bottleneck: "
                              f"out_channels={c_out} // reduction={reduction} = 0")
-        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or mid % groups:
+        if not is_positive_int(groups) or mid % groups:
             raise ValueError(f"groups={groups!r} must divide the bottleneck width {mid} "
                              f"(out_channels={c_out} // reduction={reduction}), because the grouped "
                              f"k x k conv runs on those channels")
@@ -232,7 +230,7 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     groups, the result is [a1 b1 a2 b2]. It is a fixed permutation: no parameters, no MACs.
     """
     batch, channels, height, width = x.size()
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or channels % groups:
+    if not is_positive_int(groups) or channels % groups:
         raise ValueError(f"groups={groups!r} must be a positive int dividing the {channels} channels")
     # -1 (= C/g) rather than channels // groups: a traced model then records no shape arithmetic
     x = x.view(batch, groups, -1, height, width)                   # (B, g, C/g, H, W)
@@ -245,8 +243,7 @@ class ChannelShuffle(nn.Module):
 
     def __init__(self, groups: int):
         super().__init__()
-        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-            raise ValueError(f"groups={groups!r} must be a positive int")
+        check_positive_int("groups", groups)
         self.groups = groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
+from .config import is_positive_int
 from .layers import ConvKxK, check_design, check_kernel_size, make_conv
 
 __all__ = ["NetConfig", "CifarNetConfig", "LeNetConfig", "CifarNet", "LeNet",
@@ -76,8 +77,7 @@ class CifarNetConfig(NetConfig):
         # channels is checked when the model is built, where the channel counts are known.
         _knob_check("design", self.design, check_design)
         _knob_check("kernel_size", self.kernel_size, lambda k: check_kernel_size(k, self.design))
-        if not (self.groups == "depthwise" or
-                (isinstance(self.groups, int) and not isinstance(self.groups, bool) and self.groups >= 1)):
+        if not (self.groups == "depthwise" or is_positive_int(self.groups)):
             raise ValueError(f"cifar_net knob groups={self.groups!r} must be a positive int "
                              f"or 'depthwise'")
         if not isinstance(self.shuffle, bool):

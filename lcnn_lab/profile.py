@@ -22,18 +22,20 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import math
+import statistics
 import timeit
 import warnings
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
-import logging
-
+import pandas as pd
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 # torch.utils.benchmark imports torch.utils.cpp_extension, which logs "No CUDA runtime is found" on
 # every CPU-only machine. That line means nothing to a reader of a notebook, so silence it here.
@@ -43,7 +45,9 @@ _cpp_log.setLevel(logging.ERROR)
 from torch.utils import benchmark  # noqa: E402
 _cpp_log.setLevel(_level)
 
-from .config import get_device, get_threads
+from .config import check_positive_int, get_device, get_threads
+from .train import Accuracy, evaluate
+from .units import format_bytes, format_count, format_latency, format_macs
 
 __all__ = [
     # formulas
@@ -52,8 +56,9 @@ __all__ = [
     "factorized_params", "factorized_macs", "bottleneck_params", "bottleneck_macs",
     "conv_variant_params", "conv_variant_macs", "receptive_field",
     # measurements
-    "ZERO_MAC_OPS", "MacCount", "Latency", "Profile",
+    "ZERO_MAC_OPS", "MacCount", "Latency", "Profile", "Measurement", "LatencyComparison",
     "count_params", "count_macs", "formula_macs", "model_size_bytes", "measure_latency", "profile",
+    "measure", "compare_latency",
 ]
 
 Size = int | Sequence[int]
@@ -248,8 +253,7 @@ def model_size_bytes(model: nn.Module, bits: int = 32) -> int:
     format's overhead, quantisation scales, and the index cost of storing a pruned model sparsely,
     so it is the size of the numbers themselves, not of a checkpoint file.
     """
-    if isinstance(bits, bool) or not isinstance(bits, int) or bits < 1:
-        raise ValueError(f"bits={bits!r} must be a positive int (32 for float32, 8 for int8, ...)")
+    check_positive_int("bits", bits, "(32 for float32, 8 for int8, ...)")
     return math.ceil(count_params(model) * bits / 8)
 
 
@@ -292,17 +296,10 @@ class MacCount:
         return 2 * self.total
 
     def __str__(self) -> str:
-        text = f"{_human(self.total)} MACs ({_human(self.flops)} FLOPs) for input {self.input_size}"
+        text = f"{format_macs(self.total)} for input {self.input_size}"
         if self.uncounted:
             text += f"; NOT counted: {', '.join(f'{k} x{v}' for k, v in self.uncounted.items())}"
         return text
-
-
-def _human(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{n:g}"
 
 
 def _fvcore():
@@ -443,13 +440,8 @@ class Latency:
         return self.median_ms / self.batch
 
     def __str__(self) -> str:
-        return (f"{_ms(self.median_ms)} ms ± {_ms(self.iqr_ms / 2)} (median ± IQR/2, batch {self.batch}, "
+        return (f"{format_latency(self.median_ms, self.iqr_ms / 2)} (median ± IQR/2, batch {self.batch}, "
                 f"{self.threads} thread{'s' if self.threads != 1 else ''}, {self.device})")
-
-
-def _ms(x: float) -> str:
-    """Milliseconds with about three significant digits, keeping trailing zeros (2.00, not 2)."""
-    return f"{x:.0f}" if x >= 100 else f"{x:.1f}" if x >= 10 else f"{x:.2f}" if x >= 0.1 else f"{x:.3f}"
 
 
 def measure_latency(model: nn.Module, input_size: Sequence[int] = (1, 3, 32, 32),
@@ -475,8 +467,7 @@ def measure_latency(model: nn.Module, input_size: Sequence[int] = (1, 3, 32, 32)
     dev = get_device(device)
     shape = tuple(int(s) for s in input_size)
     if batch is not None:
-        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-            raise ValueError(f"batch={batch!r} must be a positive int")
+        check_positive_int("batch", batch)
         shape = (batch, *shape[1:])
     net = model if _model_device(model) == dev else copy.deepcopy(model).to(dev)
     x = torch.randn(shape, device=dev)
@@ -534,8 +525,8 @@ class Profile:
         lines = [
             self.model,
             f"  params   {self.params:,} ({self.nonzero_params:,} nonzero)",
-            f"  MACs     {_human(self.macs)} per image = {_human(self.flops)} FLOPs (FLOPs = 2 x MACs)",
-            f"  size     {self.size_bytes / 1e6:.2f} MB of parameters at {self.bits} bits",
+            f"  MACs     {format_macs(self.macs)} per image (FLOPs = 2 x MACs)",
+            f"  size     {format_bytes(self.size_bytes)} of parameters at {self.bits} bits",
             f"  latency  {self.latency if self.latency is not None else 'not measured'}",
             f"  torch {self.torch_version}, {self.device}, {self.threads} threads",
         ]
@@ -570,3 +561,144 @@ def profile(model: nn.Module, input_size: Sequence[int] = (1, 3, 32, 32), batch:
         torch_version=torch.__version__,
         uncounted=macs.uncounted,
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# A measurement: what an Explorer shows for one model
+
+@dataclass(frozen=True)
+class Measurement:
+    """A model's four numbers: its cost (a :class:`Profile`), and its latency and accuracy when they
+    were measured (None otherwise).
+
+    The profile's own ``latency`` is left None: latency lives here, so that an Explorer can show the
+    counts at once and add the slow numbers when they arrive (``dataclasses.replace``).
+    """
+    profile: Profile
+    latency: Latency | None = None
+    accuracy: Accuracy | None = None
+    accuracy_note: str = ""     # where the accuracy comes from: "1,000 test images", a budget, ...
+
+    def value(self, name: str) -> float | None:
+        """One number by name: ``params``, ``nonzero_params``, ``macs``, ``flops``, ``size_bytes``,
+        ``latency_ms`` (median) or ``accuracy`` (a fraction); None when not measured."""
+        p, lat, acc = self.profile, self.latency, self.accuracy
+        values = {"params": p.params, "nonzero_params": p.nonzero_params, "macs": p.macs, "flops": p.flops,
+                  "size_bytes": p.size_bytes, "latency_ms": lat.median_ms if lat else None,
+                  "accuracy": acc.value if acc else None}
+        if name not in values:
+            raise ValueError(f"{name!r} is not a measured number; choose one of {', '.join(values)}")
+        return values[name]
+
+    def spread(self, name: str) -> float | None:
+        """The uncertainty shown with a number: IQR/2 for latency, the standard error for accuracy."""
+        if name == "latency_ms" and self.latency is not None:
+            return self.latency.iqr_ms / 2
+        if name == "accuracy" and self.accuracy is not None:
+            return self.accuracy.se
+        return None
+
+    def __str__(self) -> str:
+        text = (f"{format_count(self.profile.params)} params, {format_macs(self.profile.macs)}, "
+                f"{format_bytes(self.profile.size_bytes)} at {self.profile.bits} bits")
+        if self.latency is not None:
+            text += f", {self.latency}"
+        if self.accuracy is not None:
+            text += f", accuracy {self.accuracy}"
+        return text
+
+
+def measure(model: nn.Module, *, latency: bool = True, accuracy: bool = False, bits: int = 32,
+            input_size: Sequence[int] = (1, 3, 32, 32), threads: int | None = None,
+            device: str | torch.device | None = None, min_run_time: float = 0.25,
+            eval_images: int | None = 1000) -> Measurement:
+    """Count ``model``'s cost, and measure its latency and (trained models) its accuracy.
+
+    MACs are per image; latency is at ``input_size`` (batch included; see :func:`measure_latency`);
+    accuracy is top-1 on a fixed subset of ``eval_images`` CIFAR-10 test images (None: all 10,000)
+    with its standard error (:func:`lcnn_lab.train.evaluate`).
+    """
+    cost = profile(model, input_size, threads=threads, device=device, latency=False, bits=bits)
+    lat = measure_latency(model, input_size, threads=threads, device=device,
+                          min_run_time=min_run_time) if latency else None
+    acc = evaluate(model, n=eval_images) if accuracy else None
+    return Measurement(cost, lat, acc, f"{acc.n:,} test images" if acc else "")
+
+
+# ----------------------------------------------------------------------------------------------
+# Latency of several models, compared fairly
+
+@dataclass(frozen=True)
+class LatencyComparison:
+    """Several models timed in interleaved rounds (see :func:`compare_latency`)."""
+    times: dict[tuple[str, int], tuple[float, ...]]   # (model, batch) -> its median in each round, ms
+    models: tuple[str, ...]
+    batches: tuple[int, ...]
+    threads: int
+    device: str
+
+    def median_ms(self, model: str, batch: int = 1) -> float:
+        """The median of the model's round medians: robust to a slow spell of the machine."""
+        return statistics.median(self._times(model, batch))
+
+    def spread_ms(self, model: str, batch: int = 1) -> float:
+        """Half the range of the round medians: how much the rounds disagreed."""
+        t = self._times(model, batch)
+        return (max(t) - min(t)) / 2
+
+    def ratio(self, model: str, baseline: str, batch: int = 1) -> float:
+        """``model``'s latency as a fraction of ``baseline``'s, at the same batch."""
+        return self.median_ms(model, batch) / self.median_ms(baseline, batch)
+
+    def _times(self, model: str, batch: int) -> tuple[float, ...]:
+        if (model, batch) not in self.times:
+            raise ValueError(f"({model!r}, batch {batch}) was not timed; timed: {', '.join(self.models)} "
+                             f"at batch {', '.join(map(str, self.batches))}")
+        return self.times[model, batch]
+
+    def table(self, baseline: str | None = None) -> pd.DataFrame:
+        """One row per model, for each batch the median (ms), its spread and the ratio to ``baseline``
+        (default: the first model)."""
+        baseline = baseline or self.models[0]
+        rows = []
+        for name in self.models:
+            row = {"model": name}
+            for b in self.batches:
+                row[f"batch {b}: ms"] = self.median_ms(name, b)
+                row[f"batch {b}: ± ms"] = self.spread_ms(name, b)
+                row[f"batch {b}: vs {baseline}"] = self.ratio(name, baseline, b)
+            rows.append(row)
+        return pd.DataFrame(rows).set_index("model")
+
+    def __str__(self) -> str:
+        rounds = len(next(iter(self.times.values())))
+        return (f"{len(self.models)} models timed in {rounds} interleaved rounds on {self.device}, "
+                f"{self.threads} thread{'s' if self.threads != 1 else ''}, batch {', '.join(map(str, self.batches))}")
+
+
+def compare_latency(models: Mapping[str, nn.Module], batches: Sequence[int] = (1,), rounds: int = 3,
+                    threads: int | None = None, device: str | torch.device | None = None,
+                    min_run_time: float = 0.5, input_size: Sequence[int] = (1, 3, 32, 32),
+                    progress: bool = True) -> LatencyComparison:
+    """Time several models fairly against each other: in ``rounds`` interleaved rounds.
+
+    On a shared or throttled machine the speed drifts within seconds. Timing model A for a minute
+    and then model B compares two moments of the machine, not two models. Here every round times
+    every model at every batch once (``min_run_time`` seconds each, :func:`measure_latency`), and each
+    (model, batch) keeps the median of its round medians, so a slow spell hits all of them alike and
+    a ratio between two models stays meaningful. Chapters 02, 07 and 08 and ``benchmarks/latency.py``
+    use it.
+    """
+    if not models:
+        raise ValueError("compare_latency needs at least one model, as {name: model}")
+    check_positive_int("rounds", rounds)
+    threads, dev, batches = get_threads(threads), get_device(device), tuple(batches)
+    times: dict[tuple[str, int], list[float]] = {(n, b): [] for n in models for b in batches}
+    with tqdm(total=rounds * len(times), desc="timing", leave=False, disable=not progress) as bar:
+        for _ in range(rounds):
+            for (name, b) in times:
+                lat = measure_latency(models[name], input_size, batch=b, threads=threads, device=dev,
+                                      min_run_time=min_run_time)
+                times[name, b].append(lat.median_ms)
+                bar.update(1)
+    return LatencyComparison({k: tuple(v) for k, v in times.items()}, tuple(models), batches, threads, str(dev))

@@ -1,32 +1,48 @@
 """The results store: measured numbers kept on disk, so nothing is computed twice.
 
 Each entry is one small JSON file, named by a hash of its *key*: what was measured (model name and knobs,
-train config, budget, data source, device kind, package version). It holds the metrics and their
-provenance (when, where, how long). The design choices, and why:
+train config, budget, data kind, device kind) and the *measurement format* of its kind (see below). It
+holds the metrics and their provenance (when, where, on which data, how long). The design choices, and
+why:
 
 * **One file per entry.** Two notebooks writing at the same time touch different files, or replace the
   same file whole; there is no shared index to corrupt.
-* **Atomic writes.** An entry is written to a temporary file in the same folder, flushed to disk and then
-  renamed over its final name (``os.replace`` is atomic on POSIX and Windows). A run interrupted by
-  Ctrl-C or a kernel restart leaves either the old entry, the new one, or a stray temporary file that is
-  ignored, never half an entry.
+* **Atomic writes** (:func:`lcnn_lab.config.atomic_write`): a run interrupted by Ctrl-C or a kernel
+  restart leaves either the old entry or the new one, never half an entry.
 * **Unreadable entries are skipped with a warning**, never fatal: the number is simply computed again.
 * **Plain JSON in ``results/``**, so the store can be committed and the published book is reproducible.
+* **Results survive a release.** A key carries the measurement format of its kind
+  (:data:`MEASUREMENT_FORMATS`), not the package version: a new release keeps every committed result,
+  and changing *how* something is measured (the trainer, the MAC counter) bumps that kind's number,
+  so its old results are no longer found and are measured again (``make results``).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from . import __version__, config
+from . import config
 
-FORMAT = 1  # bump when the entry layout changes; older entries are then ignored
+FORMAT = 1  # the layout of an entry file; entries of another layout are ignored
+
+# Bump a kind's number when the code that measures it changes what it measures: its stored results
+# then no longer match and are computed again. Kinds not listed here are at 1.
+MEASUREMENT_FORMATS: dict[str, int] = {
+    "train": 1,        # lcnn_lab.train.train under a budget (the trainer's recipe)
+    "checkpoint": 1,   # weights saved by lcnn_lab.trained.pretrained
+    "finetune": 1,     # lcnn_lab.trained.finetune
+    "imagenet": 1,     # lcnn_lab.imagenet.imagenet_stats (fvcore counts, torchvision metadata)
+}
+
+
+def measurement_format(kind: str) -> int:
+    """The measurement format of ``kind``: part of every key of that kind."""
+    return MEASUREMENT_FORMATS.get(kind, 1)
 
 
 def _canonical(obj: Any) -> Any:
@@ -45,34 +61,13 @@ def _canonical(obj: Any) -> Any:
 
 
 def make_key(kind: str, **parts: Any) -> dict:
-    """A store key: ``kind`` (e.g. "train", "latency") plus whatever identifies the measurement.
-
-    The package version is always part of the key, so a new release never reads numbers that an older
-    version of the code measured.
-    """
-    return _canonical({"kind": kind, "version": __version__, **parts})
+    """A store key: ``kind`` (e.g. "train", "finetune") plus whatever identifies the measurement,
+    with the kind's :func:`measurement_format` added."""
+    return _canonical({"kind": kind, "format": measurement_format(kind), **parts})
 
 
 def key_hash(key: dict) -> str:
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a partial one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # also on KeyboardInterrupt: leave no temporary file behind
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 class ResultsStore:
@@ -110,10 +105,15 @@ class ResultsStore:
         return entry
 
     def put(self, key: dict, metrics: dict, provenance: dict | None = None) -> dict:
-        """Store ``metrics`` (JSON-serialisable) under ``key``, atomically; returns the entry."""
+        """Store ``metrics`` (JSON-serialisable) under ``key``, atomically; returns the entry.
+
+        ``provenance`` is added to :func:`lcnn_lab.config.provenance`'s record of this machine (without
+        the budget and the data, which the caller knows better: a training passes both)."""
+        machine = {k: v for k, v in config.provenance(data=False).items() if k not in ("budget", "date")}
         entry = {"format": FORMAT, "key": key, "metrics": _canonical(metrics),
-                 "provenance": _canonical({"saved": time.strftime("%Y-%m-%d %H:%M:%S"), **(provenance or {})})}
-        atomic_write_bytes(self.path(key), json.dumps(entry, indent=1, sort_keys=True).encode())
+                 "provenance": _canonical({**machine, "saved": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                           **(provenance or {})})}
+        config.atomic_write(self.path(key), json.dumps(entry, indent=1, sort_keys=True).encode())
         return entry
 
     def get_or_compute(self, key: dict, compute: Callable[[], tuple[dict, dict] | dict]) -> dict:

@@ -1,4 +1,4 @@
-"""A fast CIFAR-10 trainer, accuracy with its standard error, and cached trained baselines.
+"""A fast CIFAR-10 trainer, and accuracy with its standard error.
 
 Accuracy is the slowest of the book's four numbers, and many readers have two CPU cores. The trainer
 borrows what makes the fastest CIFAR-10 trainers fast (Keller Jordan's airbench, jordan2024airbench):
@@ -14,6 +14,9 @@ Every run goes through a :class:`~lcnn_lab.config.Budget` (``LCNN_BUDGET``): a n
 optional cap on training seconds and an optional subset of the data. With a time cap, the schedule is
 driven by whichever runs out first, steps or seconds, so a time-capped run still ends its schedule
 (learning rate at zero) instead of being cut off mid-way.
+
+This module trains and evaluates; :mod:`lcnn_lab.trained` decides when to train and keeps the
+results (the results store, checkpoints, fine-tunes).
 """
 from __future__ import annotations
 
@@ -21,16 +24,14 @@ import copy
 import dataclasses
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import __version__, config
+from . import config
 from .data import data_source, load_cifar10, normalize
 
 # ----------------------------------------------------------------------------------------------
@@ -331,116 +332,3 @@ def train(model: nn.Module, cfg: TrainConfig | None = None, on_progress=None, **
         accuracy=accuracy, history=tuple(history), seconds=seconds,
         images_per_second=step * cfg.batch_size / max(seconds, 1e-9), epochs=step / steps_per_epoch,
         data_source=str(data_source()), device=str(dev), threads=threads, budget=cfg.budget, config=cfg)
-
-
-# ----------------------------------------------------------------------------------------------
-# Trained models: the results store and cached checkpoints
-
-CHECKPOINT_FORMAT = 1  # bump when the checkpoint layout or a model's parameter names change
-
-
-def _train_key(name: str, knobs: dict, cfg: TrainConfig, dev: torch.device) -> dict:
-    from .results import make_key
-    return make_key("train", model=name, knobs=knobs, train=cfg.key(), data=data_source().kind,
-                    device=dev.type)
-
-
-def train_model(name: str, cfg: TrainConfig | None = None, store=None, on_progress=None,
-                **knobs) -> tuple[nn.Module, TrainResult]:
-    """Build ``create_model(name, **knobs)``, train it under ``cfg`` and record the result in ``store``
-    (default: the results store). Returns the trained model and its :class:`TrainResult`."""
-    from .models import create_model, model_knobs
-    from .results import ResultsStore
-    cfg = (cfg or TrainConfig()).resolved()
-    config.seed_everything(cfg.seed)  # the initial weights come from the seed too
-    model = create_model(name, **knobs)
-    result = train(model, cfg, on_progress=on_progress)
-    store = store if store is not None else ResultsStore()
-    key = _train_key(name, model_knobs(model), cfg, config.get_device(cfg.device))
-    store.put(key, _metrics(result), _provenance(result))
-    return model, result
-
-
-def trained_accuracy(name: str, cfg: TrainConfig | None = None, store=None, compute: bool = True,
-                     **knobs) -> dict | None:
-    """The stored training metrics for a model and knobs under ``cfg``'s budget, training it first if
-    ``compute`` and nothing is stored. Returns ``{"accuracy", "accuracy_se", "seconds", ...}`` or None."""
-    from .models import create_model, model_knobs
-    from .results import ResultsStore
-    cfg = (cfg or TrainConfig()).resolved()
-    store = store if store is not None else ResultsStore()
-    # key by every knob, defaults included, so that kernel_size=3 and "the default" are one entry
-    key = _train_key(name, model_knobs(create_model(name, **knobs)), cfg, config.get_device(cfg.device))
-    entry = store.get(key)
-    if entry is None and compute:
-        train_model(name, cfg, store=store, **knobs)
-        entry = store.get(key)
-    return None if entry is None else {**entry["metrics"], **entry["provenance"]}
-
-
-def _metrics(r: TrainResult) -> dict:
-    return {"accuracy": r.accuracy.value, "accuracy_se": r.accuracy.se, "eval_images": r.accuracy.n,
-            "epochs": r.epochs, "seconds": r.seconds, "images_per_second": r.images_per_second,
-            "history": [dataclasses.asdict(h) for h in r.history]}
-
-
-def _provenance(r: TrainResult) -> dict:
-    import platform
-    return {"data_source": r.data_source, "device": r.device, "threads": r.threads, "budget": r.budget,
-            "torch": str(torch.__version__), "lcnn_lab": __version__, "machine": platform.machine(),
-            "processor": platform.processor() or platform.machine()}
-
-
-def checkpoint_path(name: str, budget: str, knobs: dict | None = None) -> Path:
-    from .models import create_model, model_knobs
-    from .results import key_hash, make_key
-    key = make_key("checkpoint", model=name, knobs=model_knobs(create_model(name, **(knobs or {}))),
-                   budget=budget)
-    return config.results_dir() / "checkpoints" / f"{name}-{budget}-{key_hash(key)}.pt"
-
-
-def load_checkpoint(path: Path, model: nn.Module) -> dict | None:
-    """Load weights saved by :func:`pretrained` into ``model``; return their provenance, or None (with
-    a warning) when the file is unreadable, from another format or version, or does not fit the model."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        if ckpt.get("format") != CHECKPOINT_FORMAT or ckpt.get("lcnn_lab") != __version__:
-            raise ValueError(f"made by lcnn_lab {ckpt.get('lcnn_lab')} (format {ckpt.get('format')}), "
-                             f"this is {__version__} (format {CHECKPOINT_FORMAT})")
-        model.load_state_dict(ckpt["state_dict"])
-        return ckpt["provenance"]
-    except FileNotFoundError:
-        return None
-    except Exception as e:  # corrupt zip, wrong keys or shapes, old version: retrain, never half-load
-        warnings.warn(f"checkpoint {path.name} cannot be used ({e}); training again", stacklevel=3)
-        return None
-
-
-def pretrained(name: str = "cifar_net", budget: str | None = None, device: str | None = None,
-               **knobs) -> nn.Module:
-    """A trained ``create_model(name, **knobs)``: trained once under ``budget``, then loaded from disk.
-
-    The weights are saved with their provenance (data source, budget, device, seconds, accuracy,
-    package and torch versions), available afterwards as ``model.provenance``. A checkpoint that is
-    corrupt or from another version of lcnn_lab is retrained, not loaded.
-    """
-    from .models import create_model
-    from .results import atomic_write_bytes
-    b = config.get_budget(budget)
-    dev = config.get_device(device)
-    path = checkpoint_path(name, b.name, knobs)
-    model = create_model(name, **knobs)
-    provenance = load_checkpoint(path, model)
-    if provenance is None:
-        model, result = train_model(name, TrainConfig(budget=b.name, device=str(dev)), **knobs)
-        provenance = {**_provenance(result), "accuracy": result.accuracy.value,
-                      "accuracy_se": result.accuracy.se, "seconds": result.seconds}
-        import io
-        buf = io.BytesIO()
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        torch.save({"format": CHECKPOINT_FORMAT, "lcnn_lab": __version__, "model": name, "knobs": knobs,
-                    "state_dict": state, "provenance": provenance}, buf)
-        atomic_write_bytes(path, buf.getvalue())
-    model.to(dev).eval()
-    model.provenance = provenance
-    return model

@@ -1,4 +1,4 @@
-"""Explorers: sliders that change a model and show what it costs, live in Jupyter or static in the book.
+"""Explorers: knobs that change a model, and what it costs, live in Jupyter or static in the book.
 
 A notebook builds an :class:`Explorer` from its knobs and a function from knobs to a model::
 
@@ -16,8 +16,11 @@ A notebook builds an :class:`Explorer` from its knobs and a function from knobs 
 
 Each view shows, against the baseline: **params**, **MACs** (with FLOPs = 2 x MACs), **size**, measured
 **latency** (median ± IQR/2) and **accuracy** (± its standard error), plus one plot that updates in place.
+This module owns the knobs, the Explorer's state and scheduling, the Train button and the live UI;
+the numbers come from :mod:`lcnn_lab.profile` (one :class:`~lcnn_lab.profile.Measurement` per
+combination of knob values), and :mod:`lcnn_lab.render` draws them.
 
-* Params, MACs and size are counted with :mod:`lcnn_lab.profile` on every change (tens of ms).
+* Params, MACs and size are counted on every change (tens of ms).
 * Latency is measured once a knob has rested for ``debounce`` seconds (``min_run_time`` seconds of
   timed runs, on the kernel's thread between messages); the panel says "measuring latency…" until then.
 * ``accuracy="live"``: ``model_fn`` returns an already trained (e.g. pruned or quantised) model; it is
@@ -27,47 +30,45 @@ Each view shows, against the baseline: **params**, **MACs** (with FLOPs = 2 x MA
   bar, and stores it. ``accuracy=None``: no accuracy row.
 * A combination the model builder rejects (``ValueError``, e.g. ``groups=3`` with 16 channels) shows
   the builder's one-line explanation instead of numbers.
-* Every combination is computed once and cached (a dict keyed by the tuple of knob values).
+* Every combination is computed once and cached.
 
-``model_fn`` may also return a dict ``{"model": m, "bits": 8}``: ``bits`` is the bit width the size is
-counted at (quantisation); other entries are shown as given (e.g. an accuracy measured elsewhere).
-``fixed={"width": 0.5}`` passes knobs that do not move to ``model_fn`` (and to training).
+``model_fn`` may also return a dict ``{"model": m, "bits": 8, "input_size": (1, 3, 224, 224),
+"accuracy": acc}``: ``bits`` is the bit width the size is counted at (quantisation), ``input_size``
+the input latency is measured at (MACs are per image), ``accuracy`` an
+:class:`~lcnn_lab.train.Accuracy` measured elsewhere. ``fixed={"width": 0.5}`` passes knobs that do
+not move to ``model_fn`` (and to training).
 
 **Two modes** (``LCNN_WIDGETS``, see :mod:`lcnn_lab.config`). ``live`` (default) shows ipywidgets
 controls and needs a running kernel (JupyterLab, Notebook 7, VS Code, Colab with its custom widget
 manager enabled). ``static`` (set by ``make book``) computes every combination of knob values first
 and shows a self-contained HTML view whose controls swap precomputed panels: no kernel, no network.
-Both modes draw the panel and the plot with the same function, so they look the same.
 
-From Python: ``ex.value`` (current knobs), ``ex.set(kernel_size=5)``, ``ex.metrics`` (the numbers
-shown), ``ex.metrics_for(kernel_size=5, groups=2)`` and ``ex.static_html()``.
+From Python: ``ex.value`` (current knobs), ``ex.set(kernel_size=5)``, ``ex.measurement`` (the numbers
+shown, a :class:`~lcnn_lab.profile.Measurement`), ``ex.error`` (why the current combination cannot be
+built, or None), ``ex.measurement_for(kernel_size=5, groups=2)`` and ``ex.static_html()``.
 """
 from __future__ import annotations
 
 import asyncio
-import html
+import dataclasses
 import itertools
-import math
-import platform
-import re
 import time
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from . import config
-from . import profile as P
+from . import config, render
+from .models import model_knobs
+from .profile import Measurement, measure_latency, profile
+from .results import ResultsStore
+from .train import Accuracy, TrainConfig, evaluate
+from .trained import train_model, trained_accuracy
 
-__all__ = ["Knob", "Slider", "Dropdown", "Toggle", "Explorer", "measure_model", "format_metrics",
-           "render_view", "render_plot", "PLOT_AXES"]
-
-MINUS = "\u2212"            # a real minus sign: "−75 %", not "-75 %"
-ACCENT = "#e8590c"          # the current model in plots
-CHEAPER, COSTLIER = "#2b8a3e", "#c92a2a"
+__all__ = ["Knob", "Slider", "Dropdown", "Toggle", "Explorer"]
 
 
 class _Unset:
@@ -81,6 +82,9 @@ _UNSET = _Unset()
 # ----------------------------------------------------------------------------------------------
 # Knobs
 
+# ----------------------------------------------------------------------------------------------
+# Knobs
+
 @dataclass(frozen=True)
 class Knob:
     """One control: a knob ``name`` (the keyword passed to ``model_fn``) and the values it offers."""
@@ -88,6 +92,7 @@ class Knob:
     values: tuple
     label: str | None = None     # shown next to the control; default: the name
     value: Any = _UNSET          # initial value; default: the baseline's, else the first value
+    kind = "dropdown"            # how it is drawn: "slider", "dropdown" or "toggle" (a class attribute)
 
     def __post_init__(self):
         object.__setattr__(self, "values", tuple(self.values))
@@ -125,6 +130,8 @@ class Knob:
 
 class Slider(Knob):
     """Ordered values on a slider: ``Slider("kernel_size", [1, 3, 5, 7], label="kernel size k")``."""
+    kind = "slider"
+
     def __init__(self, name: str, values: Sequence, label: str | None = None, value: Any = _UNSET):
         super().__init__(name, tuple(values), label, value)
 
@@ -137,363 +144,11 @@ class Dropdown(Knob):
 
 class Toggle(Knob):
     """An on/off knob (a checkbox): ``Toggle("shuffle", label="channel shuffle")``."""
+    kind = "toggle"
+
     def __init__(self, name: str, label: str | None = None, value: bool = _UNSET):
         super().__init__(name, (False, True), label, value)
 
-
-# ----------------------------------------------------------------------------------------------
-# Measurements: one pure function from a model to the numbers an Explorer shows
-
-STAGES = ("cost", "latency", "accuracy")
-
-
-def measure_model(model: nn.Module, parts: Sequence[str] = STAGES, *, bits: int = 32,
-                  input_size: Sequence[int] = (1, 3, 32, 32), min_run_time: float = 0.25,
-                  threads: int | None = None, eval_images: int | None = 1000,
-                  eval_batch: int = 100) -> dict[str, Any]:
-    """The numbers of ``parts`` (``"cost"``, ``"latency"``, ``"accuracy"``) for ``model``, as a dict.
-
-    Every number comes from :mod:`lcnn_lab.profile` or :func:`lcnn_lab.train.evaluate`; nothing is
-    counted here. ``cost``: params (and nonzero params), MACs and FLOPs per image, size at ``bits``.
-    ``latency``: median and spread (IQR/2) at ``input_size`` (batch included). ``accuracy``: top-1 on a
-    fixed subset of ``eval_images`` test images, with its standard error.
-    """
-    out: dict[str, Any] = {}
-    if "cost" in parts:
-        macs = P.count_macs(model, (1, *tuple(input_size)[1:]))
-        out.update(params=P.count_params(model), nonzero_params=P.count_params(model, nonzero=True),
-                   macs=macs.total, flops=macs.flops, size_bytes=P.model_size_bytes(model, bits), bits=bits,
-                   uncounted=dict(macs.uncounted))
-    if "latency" in parts:
-        lat = P.measure_latency(model, input_size, threads=threads, min_run_time=min_run_time)
-        out.update(latency_ms=lat.median_ms, latency_spread_ms=lat.iqr_ms / 2, latency_batch=lat.batch,
-                   latency_threads=lat.threads, latency_device=lat.device)
-    if "accuracy" in parts:
-        from .train import evaluate
-        acc = evaluate(model, n=eval_images, batch_size=eval_batch)
-        out.update(accuracy=acc.value, accuracy_se=acc.se, accuracy_n=acc.n,
-                   accuracy_note=f"{acc.n:,} test images")
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
-# Formatting: every number says what it is
-
-def _decimals(x: float) -> int:
-    """Decimals for about three significant digits: 1.17, 85.8, 293."""
-    return 2 if abs(x) < 10 else 1 if abs(x) < 100 else 0
-
-
-def _digits(x: float) -> str:
-    return f"{x:.{_decimals(x)}f}"
-
-
-def _unit(n: float) -> tuple[str, float]:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return unit, scale
-    return "", 1.0
-
-
-def format_count(n: float) -> str:
-    """``1_170_000 -> "1.17 M"``, ``85_800_000 -> "85.8 M"``, ``950 -> "950"``."""
-    unit, scale = _unit(n)
-    return f"{_digits(n / scale)} {unit}" if unit else f"{n:,.0f}"
-
-
-def format_macs(macs: float) -> str:
-    """``"85.8 M MACs (171.6 M FLOPs)"``: FLOPs = 2 x MACs, written with the MACs' precision."""
-    unit, scale = _unit(macs)
-    funit, fscale = _unit(2 * macs)
-    flops = f"{2 * macs / scale:.{_decimals(macs / scale)}f} {unit}" if unit and funit == unit \
-        else format_count(2 * macs)
-    return f"{format_count(macs)} MACs ({flops} FLOPs)"
-
-
-def format_bytes(n: float) -> str:
-    """Decimal units, as :class:`lcnn_lab.profile.Profile` prints them: ``"4.67 MB"``."""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if abs(n) >= scale:
-            return f"{_digits(n / scale)} {unit}"
-    return f"{n:,.0f} B"
-
-
-def _ms_decimals(x: float) -> int:
-    return 0 if x >= 100 else 1 if x >= 1 else 2 if x >= 0.1 else 3
-
-
-def _signed(x: float, decimals: int) -> str:
-    text = f"{abs(x):.{decimals}f}"
-    return ("+" if x > 0 else MINUS if x < 0 else "±") + text
-
-
-def format_change(value: float | None, base: float | None) -> str:
-    """Change of a cost against the baseline: ``"×0.25 (−75 %)"``."""
-    if value is None or not base:
-        return ""
-    r = value / base
-    if abs(r - 1) < 5e-4:
-        return "= baseline"
-    ratio = f"{r:.3f}" if r < 0.1 else f"{r:.2f}" if r < 10 else f"{r:.1f}" if r < 100 else f"{r:.0f}"
-    return f"×{ratio} ({_signed(100 * (r - 1), 0)} %)"
-
-
-def format_metrics(m: Mapping[str, Any], nonzero: bool = False) -> dict[str, str]:
-    """Display strings of the numbers in ``m`` (missing numbers are left out). ``nonzero`` adds the
-    nonzero params and the sparsity (for pruned models: an untrained net has exact zeros too, its
-    BatchNorm shifts, which are not sparsity worth a mention)."""
-    out = {}
-    if m.get("params") is not None:
-        text = f"{format_count(m['params'])} params"
-        nz = m.get("nonzero_params")
-        if nonzero and nz is not None and nz < m["params"]:
-            text += f" ({format_count(nz)} nonzero, {100 * (1 - nz / m['params']):.1f} % sparse)"
-        out["params"] = text
-    if m.get("macs") is not None:
-        out["macs"] = format_macs(m["macs"])
-    if m.get("size_bytes") is not None:
-        out["size"] = f"{format_bytes(m['size_bytes'])} at {m.get('bits', 32)} bits"
-    if m.get("latency_ms") is not None:
-        d = _ms_decimals(m["latency_ms"])
-        out["latency"] = f"{m['latency_ms']:.{d}f} ms ± {m.get('latency_spread_ms') or 0:.{d}f}"
-    if m.get("accuracy") is not None:
-        se = m.get("accuracy_se")
-        out["accuracy"] = f"{100 * m['accuracy']:.1f} %" + (f" ± {100 * se:.1f}" if se is not None else "")
-    return out
-
-
-def provenance(budget: str | None = None, threads: int | None = None) -> dict[str, str]:
-    """Where and when numbers are measured: platform and CPU, threads, torch, budget and date."""
-    return {"machine": f"{platform.system()} {platform.machine()}, {config.cpu_name()}",
-            "threads": str(config.get_threads(threads)), "torch": torch.__version__,
-            "budget": budget or config.get_budget().name, "date": time.strftime("%Y-%m-%d")}
-
-
-# ----------------------------------------------------------------------------------------------
-# Rendering: one function draws a view (panel + plot) for the live widget and the static page alike.
-# Inline styles only (no <style> block, no classes to clash with a notebook's or the book theme's CSS);
-# currentColor for text and axes, so light and dark themes both work.
-
-PLOT_AXES = {  # axis name -> (metrics key, axis title, log scale allowed)
-    "params": ("params", "params", True),
-    "nonzero": ("nonzero_params", "nonzero params", True),
-    "macs": ("macs", "MACs per image", True),
-    "size": ("size_bytes", "size (bytes)", True),
-    "latency": ("latency_ms", "latency (ms)", True),
-    "accuracy": ("accuracy", "accuracy (%)", False),
-}
-_W, _H = 380, 250                       # plot size in px
-_L, _R, _T, _B = 62, 14, 14, 42         # plot margins: left, right, top, bottom
-
-
-def _esc(s: Any) -> str:
-    return html.escape(str(s), quote=True)
-
-
-def _tick_labels(axis: str, ticks: list[float]) -> list[str]:
-    """Short tick labels ("2M", "0.5", "70"), with as few decimals as keep them distinct."""
-    if axis in ("params", "nonzero", "macs", "size"):
-        texts = [format_bytes(t) if axis == "size" else format_count(t) for t in ticks]
-        return [f"{float(n.replace(',', '')):g}{u}" for n, _, u in (t.partition(" ") for t in texts)]
-    values = [100 * t if axis == "accuracy" else t for t in ticks]
-    for d in range(4):
-        labels = [f"{v:.{d}f}" for v in values]
-        if len(set(labels)) == len(labels) and all(abs(float(t) - v) <= 0.05 * abs(v) for t, v in zip(labels, values)):
-            return labels
-    return labels
-
-
-def _scale(values: list[float], log: bool) -> tuple[float, float, bool]:
-    lo, hi = min(values), max(values)
-    log = log and lo > 0 and hi / lo > 3
-    if log:
-        return lo / 1.35, hi * 1.35, True
-    pad = (hi - lo) * 0.12 or abs(hi) * 0.05 or 1.0
-    return lo - pad, hi + pad, False
-
-
-def _ticks(lo: float, hi: float, log: bool) -> list[float]:
-    if log:
-        ticks = [m * 10 ** e for e in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
-                 for m in (1, 2, 5) if lo <= m * 10 ** e <= hi]
-        if len(ticks) > 5:
-            ticks = [t for t in ticks if f"{t:e}".startswith(("1", "5"))] if len(ticks) <= 8 else \
-                [t for t in ticks if f"{t:e}".startswith("1")]
-        return ticks if len(ticks) >= 2 else _ticks(lo, hi, False)
-    step = 10 ** math.floor(math.log10((hi - lo) / 4))
-    for m in (1, 2, 5, 10):
-        if (hi - lo) / (m * step) <= 5:
-            step *= m
-            break
-    return [k * step for k in range(math.ceil(lo / step), math.floor(hi / step) + 1)]
-
-
-def _pos(v: float, lo: float, hi: float, log: bool, a: float, b: float) -> float:
-    t = (math.log(v / lo) / math.log(hi / lo)) if log else (v - lo) / (hi - lo)
-    return round(a + t * (b - a), 1)
-
-
-def _svg(body: str) -> str:
-    return (f"<svg viewBox='0 0 {_W} {_H}' width='{_W}' height='{_H}' "
-            f"style='max-width:100%;height:auto;font-size:11px;font-family:inherit' role='img'>{body}</svg>")
-
-
-def render_plot(kind: str, points: Sequence[tuple[str, Mapping]], current: Mapping | None,
-                baseline: Mapping | None, latency: bool = True) -> str:
-    """An inline SVG: ``"bars"`` (each cost as a ratio to the baseline; latency too if ``latency``) or
-    ``"<x>_vs_<y>"`` (every point in ``points``, a list of ``(label, metrics)``, with the baseline
-    ringed and the current model in colour). Axis names are the keys of :data:`PLOT_AXES`."""
-    if kind == "bars":
-        return _bars(current, baseline, latency)
-    x, y = kind.split("_vs_")
-    (xk, xt, xlog), (yk, yt, ylog) = PLOT_AXES[x], PLOT_AXES[y]
-    usable = [(label, m) for label, m in points if m.get(xk) is not None and m.get(yk) is not None]
-    frame = f"<rect x='{_L}' y='{_T}' width='{_W - _L - _R}' height='{_H - _T - _B}' fill='none' " \
-            f"stroke='currentColor' stroke-opacity='.35'/>"
-    if not usable:
-        return _svg(frame + f"<text x='{(_W + _L) // 2}' y='{_H // 2}' text-anchor='middle' fill='currentColor' "
-                            f"opacity='.6'>waiting for {_esc(yt)}…</text>")
-    x0, x1, xlog = _scale([m[xk] for _, m in usable], xlog)
-    y0, y1, ylog = _scale([m[yk] for _, m in usable], ylog)
-    px = lambda v: _pos(v, x0, x1, xlog, _L, _W - _R)   # noqa: E731
-    py = lambda v: _pos(v, y0, y1, ylog, _H - _B, _T)   # noqa: E731
-    parts = [frame]
-    xt_, yt_ = _ticks(x0, x1, xlog), _ticks(y0, y1, ylog)
-    for t, label in zip(xt_, _tick_labels(x, xt_)):
-        parts.append(f"<line x1='{px(t)}' x2='{px(t)}' y1='{_T}' y2='{_H - _B}' stroke='currentColor' "
-                     f"stroke-opacity='.12'/><text x='{px(t)}' y='{_H - _B + 14}' text-anchor='middle' "
-                     f"fill='currentColor'>{label}</text>")
-    for t, label in zip(yt_, _tick_labels(y, yt_)):
-        parts.append(f"<line x1='{_L}' x2='{_W - _R}' y1='{py(t)}' y2='{py(t)}' stroke='currentColor' "
-                     f"stroke-opacity='.12'/><text x='{_L - 5}' y='{py(t) + 4}' text-anchor='end' "
-                     f"fill='currentColor'>{label}</text>")
-    parts.append(f"<text x='{(_W + _L) // 2}' y='{_H - 8}' text-anchor='middle' fill='currentColor'>"
-                 f"{_esc(xt)}{' (log scale)' if xlog else ''}</text>"
-                 f"<text transform='translate(13 {(_H - _B + _T) // 2}) rotate(-90)' text-anchor='middle' "
-                 f"fill='currentColor'>{_esc(yt)}{' (log)' if ylog else ''}</text>")
-    parts.append("<g fill='#8c96a3' fill-opacity='.8'>" + "".join(
-        f"<circle cx='{px(m[xk])}' cy='{py(m[yk])}' r='3.5'><title>{_esc(label)}</title></circle>"
-        for label, m in usable) + "</g>")
-    # Everything so far is the same for every model of a static grid: it is stored once there.
-    parts = [f"<g data-layer='bg'>{''.join(parts)}</g>"]
-    if baseline is not None and baseline.get(xk) is not None and baseline.get(yk) is not None:
-        bx, by = px(baseline[xk]), py(baseline[yk])
-        parts.append(f"<circle cx='{bx}' cy='{by}' r='7.5' fill='none' stroke='currentColor' stroke-width='1.5'/>"
-                     f"<text x='{bx + 10}' y='{by - 8}' fill='currentColor' opacity='.8'>baseline</text>")
-    if current is not None and current.get(xk) is not None and current.get(yk) is not None:
-        cx, cy = px(current[xk]), py(current[yk])
-        spread = current.get({"latency": "latency_spread_ms", "accuracy": "accuracy_se"}.get(y, ""), None)
-        if spread:
-            lo_, hi_ = max(current[yk] - spread, y0 if not ylog else y0 * 1.0001), current[yk] + spread
-            parts.append(f"<line x1='{cx}' x2='{cx}' y1='{py(min(hi_, y1))}' y2='{py(lo_)}' stroke='{ACCENT}' "
-                         f"stroke-width='2'/>")
-        parts.append(f"<circle cx='{cx}' cy='{cy}' r='6' fill='{ACCENT}' stroke='white' stroke-width='1'>"
-                     f"<title>this model</title></circle>")
-    return _svg("".join(parts))
-
-
-def _bars(current: Mapping | None, baseline: Mapping | None, latency: bool = True) -> str:
-    """Each cost as a ratio to the baseline on a log2 axis from ×1/16 to ×16 (longer = bigger change)."""
-    rows = [("params", "params"), ("MACs", "macs"), ("size", "size_bytes")] + \
-        ([("latency", "latency_ms")] if latency else [])
-    mid, half, top = (_L + 20 + _W - _R) / 2, (_W - _R - _L - 20) / 2, _T + 16
-    parts = [f"<line x1='{mid}' x2='{mid}' y1='{_T}' y2='{_H - _B}' stroke='currentColor' stroke-opacity='.5'/>"
-             f"<text x='{mid}' y='{_H - _B + 14}' text-anchor='middle' fill='currentColor'>×1 (baseline)</text>"
-             f"<text x='{mid - half}' y='{_H - _B + 14}' text-anchor='start' fill='currentColor' opacity='.7'>"
-             f"×1/16</text><text x='{mid + half}' y='{_H - _B + 14}' text-anchor='end' fill='currentColor' "
-             f"opacity='.7'>×16</text><text x='{mid}' y='{_H - 8}' text-anchor='middle' fill='currentColor'>"
-             f"change against the baseline (log scale)</text>"]
-    step = (_H - _B - top) / len(rows)
-    for i, (name, key) in enumerate(rows):
-        y = round(top + i * step, 1)
-        parts.append(f"<text x='{_L + 14}' y='{y + 4}' text-anchor='end' fill='currentColor'>{name}</text>")
-        cur = current.get(key) if current else None
-        base = baseline.get(key) if baseline else None
-        if cur is None or not base:
-            parts.append(f"<text x='{mid + 6}' y='{y + 4}' fill='currentColor' opacity='.6'>…</text>")
-            continue
-        r = cur / base
-        t = math.log2(max(r, 1e-9)) / 4
-        w = max(-1.0, min(1.0, t)) * half
-        x, width = (mid + w, -w) if w < 0 else (mid, w)
-        label = "×1" if abs(r - 1) < 5e-4 else format_change(cur, base).split(" ")[0]
-        parts.append(f"<rect x='{round(x, 1)}' y='{y - 8}' width='{round(max(width, 1.5), 1)}' height='16' "
-                     f"rx='2' fill='{'#8c96a3' if abs(r - 1) < 5e-4 else CHEAPER if r < 1 else COSTLIER}' "
-                     f"fill-opacity='.85'/>")
-        if abs(t) > 0.6:   # a long bar: its label goes inside, at the end (a clipped bar is off the scale)
-            parts.append(f"<text x='{round(mid + w + (-5 if w > 0 else 5), 1)}' y='{y + 4}' fill='white' "
-                         f"text-anchor='{'end' if w > 0 else 'start'}'>{'‹ ' if t < -1 else ''}{label}"
-                         f"{' ›' if t > 1 else ''}</text>")
-        else:
-            parts.append(f"<text x='{round(mid + w + (4 if w >= 0 else -4), 1)}' y='{y + 4}' "
-                         f"text-anchor='{'start' if w >= 0 else 'end'}' fill='currentColor'>{label}</text>")
-    return _svg("".join(parts))
-
-
-def _row(label: str, metric: str, value: str, note: str, change: str, good: bool | None) -> str:
-    color = "" if good is None else f"color:{CHEAPER if good else COSTLIER};"
-    return (f"<div style='font-weight:600'>{_esc(label)}</div>"
-            f"<div><span data-metric='{metric}'>{_esc(value)}</span>"
-            + (f"<div style='font-size:11.5px;opacity:.7'>{_esc(note)}</div>" if note else "") + "</div>"
-            f"<div data-change='{metric}' style='{color}white-space:nowrap'>{_esc(change)}</div>")
-
-
-def render_view(title: str, knob_text: str, baseline_text: str, metrics: Mapping[str, Any],
-                baseline: Mapping[str, Any] | None, status: Mapping[str, str], plot_svg: str,
-                footer: str, rows: Sequence[str] = STAGES, nonzero: bool = False) -> str:
-    """The panel (numbers, each with its change against the baseline) and the plot, as HTML.
-
-    ``status`` holds the text shown where a number is not there yet ("measuring latency…").
-    ``rows`` picks the stages shown (``"cost"``, ``"latency"``, ``"accuracy"``); ``nonzero`` adds
-    nonzero params and sparsity to the params row.
-    """
-    f = format_metrics(metrics, nonzero)
-    base = baseline or {}
-    is_base = metrics is baseline
-    change = (lambda k: "baseline") if is_base else (lambda k: format_change(metrics.get(k), base.get(k)))
-
-    def good(k: str) -> bool | None:
-        if is_base or metrics.get(k) is None or not base.get(k) or abs(metrics[k] / base[k] - 1) < 5e-4:
-            return None
-        return metrics[k] < base[k]
-
-    head = (f"<div style='font-weight:600;font-size:15px'>{_esc(title)}</div>" if title else "") + \
-        f"<div style='font-size:12.5px;opacity:.8'>this model: <b>{_esc(knob_text)}</b>" \
-        f"{' (the baseline)' if is_base else f' &nbsp;·&nbsp; baseline: {_esc(baseline_text)}'}</div>"
-    if metrics.get("error"):
-        table = (f"<div data-metric='error' style='border-left:4px solid {COSTLIER};padding:6px 10px;"
-                 f"background:rgba(201,42,42,.08)'><b>This combination cannot be built.</b> "
-                 f"{_esc(metrics['error'])}</div>")
-    else:
-        cells = []
-        if "cost" in rows:
-            cells.append(_row("params", "params", f.get("params", "…"), "", change("params"), good("params")))
-            cells.append(_row("MACs", "macs", f.get("macs", "…"), "per image; FLOPs = 2 × MACs",
-                              change("macs"), good("macs")))
-            cells.append(_row("size", "size", f.get("size", "…"), "parameters stored densely",
-                              change("size_bytes"), good("size_bytes")))
-        if "latency" in rows:
-            note = (f"median ± IQR/2, batch {metrics.get('latency_batch', 1)}, "
-                    f"{metrics.get('latency_threads', '?')} threads") if "latency" in f else ""
-            cells.append(_row("latency", "latency", f.get("latency", status.get("latency", "…")), note,
-                              change("latency_ms"), good("latency_ms")))
-        if "accuracy" in rows:
-            acc_change = ""
-            if not is_base and metrics.get("accuracy") is not None and base.get("accuracy") is not None:
-                d = 100 * (metrics["accuracy"] - base["accuracy"])
-                acc_change = f"{_signed(d, 1)} points"
-            cells.append(_row("accuracy", "accuracy", f.get("accuracy", status.get("accuracy", "…")),
-                              metrics.get("accuracy_note", "") if "accuracy" in f else "", acc_change,
-                              None if not acc_change or acc_change.startswith("±") else acc_change[0] == "+"))
-        table = ("<div style='display:grid;grid-template-columns:max-content minmax(0,max-content) max-content;"
-                 "gap:5px 14px;align-items:baseline'>" + "".join(cells) + "</div>")
-    return ("<div style='font-family:system-ui,-apple-system,\"Segoe UI\",sans-serif;font-size:14px;"
-            "line-height:1.35;border:1px solid rgba(128,128,128,.35);border-radius:8px;padding:10px 14px;"
-            "max-width:860px;box-sizing:border-box'>" + head +
-            "<div style='display:flex;flex-wrap:wrap;gap:10px 18px;align-items:center;margin-top:8px'>"
-            f"<div style='flex:1 1 340px;min-width:0'>{table}</div>"
-            f"<div data-plot style='flex:0 1 {_W}px'>{plot_svg}</div></div>"
-            f"<div data-provenance style='font-size:11.5px;opacity:.7;margin-top:6px'>{_esc(footer)}</div></div>")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -504,6 +159,19 @@ def _short(err: BaseException) -> str:
     text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     text = text.split(" cannot be built: ", 1)[-1]   # the panel already says that it cannot be built
     return text if len(text) <= 300 else text[:297] + "…"
+
+
+@dataclass
+class _Combo:
+    """What the Explorer knows of one combination of knob values (filled stage by stage)."""
+    knobs: dict[str, Any]
+    measurement: Measurement | None = None   # None until its cost is counted, or when it cannot be built
+    error: str | None = None                 # why it cannot be built (one line)
+    status: dict[str, str] = field(default_factory=dict)   # stage -> "measuring latency…", "not measured (…)"
+    done: set[str] = field(default_factory=set)            # stages measured, or tried and given up
+    bits: int = 32                           # bit width the size is counted at
+    input_size: tuple[int, ...] | None = None  # input latency is measured at (None: the Explorer's)
+    given_accuracy: Accuracy | None = None   # an accuracy model_fn returned with the model
 
 
 class Explorer:
@@ -521,8 +189,8 @@ class Explorer:
         baseline: knob values every number is compared against (default: the initial values).
         fixed: knobs passed to ``model_fn`` (and training) that have no control.
         title: shown above the numbers.
-        plot: ``"bars"``, ``"<x>_vs_<y>"`` with x, y in :data:`PLOT_AXES` (e.g. ``"macs_vs_latency"``),
-            ``None`` for no plot, or ``"auto"``.
+        plot: ``"bars"``, ``"<x>_vs_<y>"`` with x, y in :data:`lcnn_lab.render.PLOT_AXES` (e.g.
+            ``"macs_vs_latency"``), ``None`` for no plot, or ``"auto"``.
         latency: measure latency (``False`` keeps tests fast).
         min_run_time: seconds of timed forward passes per latency measurement.
         eval_images: test images for ``accuracy="live"`` (a fixed subset, the same for every model).
@@ -533,13 +201,15 @@ class Explorer:
             ``{"model": m, "input_size": (1, 3, 224, 224)}`` overrides it for that model.
         threads: CPU threads for latency (default: ``config.get_threads()``).
         store: a :class:`lcnn_lab.results.ResultsStore` (default: the results store, opened when needed).
+        max_grid: the most combinations a static view may precompute.
     """
 
     def __init__(self, knobs: Sequence[Knob], model_fn: Callable[..., Any], *, accuracy: str | None = None,
-                 train_name: str | None = None, train_config=None, baseline: Mapping[str, Any] | None = None,
-                 fixed: Mapping[str, Any] | None = None, title: str = "", plot: str | None = "auto",
-                 latency: bool = True, min_run_time: float = 0.25, eval_images: int | None = 1000,
-                 debounce: float = 0.25, input_size: Sequence[int] = (1, 3, 32, 32), store=None,
+                 train_name: str | None = None, train_config: TrainConfig | None = None,
+                 baseline: Mapping[str, Any] | None = None, fixed: Mapping[str, Any] | None = None,
+                 title: str = "", plot: str | None = "auto", latency: bool = True, min_run_time: float = 0.25,
+                 eval_images: int | None = 1000, debounce: float = 0.25,
+                 input_size: Sequence[int] = (1, 3, 32, 32), store: ResultsStore | None = None,
                  max_grid: int = 256, show_nonzero: bool | None = None, threads: int | None = None):
         self.knobs = list(knobs)
         names = [k.name for k in self.knobs]
@@ -560,15 +230,14 @@ class Explorer:
         self.debounce, self.input_size, self.store, self.max_grid = debounce, tuple(input_size), store, max_grid
         self.threads = threads  # CPU threads for latency; None = config.get_threads()
         self.show_nonzero = accuracy == "live" if show_nonzero is None else show_nonzero
-        stages = ["cost"] + (["latency"] if latency else []) + (["accuracy"] if accuracy else [])
-        self.stages = tuple(stages)
+        self.stages = ("cost",) + (("latency",) if latency else ()) + (("accuracy",) if accuracy else ())
         if plot == "auto":
             plot = "macs_vs_latency" if latency else "macs_vs_accuracy" if accuracy else "bars"
         if plot is not None and plot != "bars":
             axes = plot.split("_vs_")
-            if len(axes) != 2 or any(a not in PLOT_AXES for a in axes) or axes[0] == axes[1]:
+            if len(axes) != 2 or any(a not in render.PLOT_AXES for a in axes) or axes[0] == axes[1]:
                 raise ValueError(f"plot={plot!r} must be 'bars', None or '<x>_vs_<y>' with two of "
-                                 f"{', '.join(PLOT_AXES)}")
+                                 f"{', '.join(render.PLOT_AXES)}")
             if "latency" in axes and not latency:
                 raise ValueError(f"plot={plot!r} needs latency=True")
             if "accuracy" in axes and not accuracy:
@@ -577,13 +246,11 @@ class Explorer:
         self._value = {k.name: (k.value if k.value is not _UNSET else baseline.get(k.name, k.values[0]))
                        for k in self.knobs}
         self.baseline = {k.name: baseline.get(k.name, self._value[k.name]) for k in self.knobs}
-        self._cache: dict[tuple, dict] = {}                   # knob tuple -> metrics (filled stage by stage)
-        self._status: dict[tuple, dict[str, str]] = {}       # knob tuple -> {"latency": "measuring…"}
-        self._models: OrderedDict[tuple, tuple[nn.Module, int]] = OrderedDict()  # a few recent models
+        self._combos: dict[tuple, _Combo] = {}               # knob tuple -> what is known of it
+        self._models: OrderedDict[tuple, nn.Module] = OrderedDict()  # a few recent models
         self._gen = 0                                        # bumped on every change: stale work stops
         self._ui: dict[str, Any] | None = None
         self._training: tuple | None = None
-        self._shown: dict[str, Any] | None = None
         self._holding = False                                # True while set() moves several controls
         self.last_error: BaseException | None = None         # for debugging; the panel shows one line
 
@@ -598,6 +265,11 @@ class Explorer:
     def _describe(self, key: tuple) -> str:
         return " · ".join(f"{k.text} = {k.format(v)}" for k, v in zip(self.knobs, key))
 
+    def _combo(self, key: tuple) -> _Combo:
+        if key not in self._combos:
+            self._combos[key] = _Combo(self._knobs_of(key))
+        return self._combos[key]
+
     @property
     def value(self) -> dict[str, Any]:
         """The current knob values."""
@@ -609,90 +281,102 @@ class Explorer:
 
     # ---- computing (cached) ---------------------------------------------------------------------
 
-    def _model(self, key: tuple) -> tuple[nn.Module, int]:
+    def _model(self, key: tuple) -> nn.Module:
         """``model_fn`` for ``key``, keeping the last few models (the baseline and the current one)."""
         if key in self._models:
             self._models.move_to_end(key)
             return self._models[key]
         out = self.model_fn(**self.fixed, **self._knobs_of(key))
-        extra: dict = {}
+        combo = self._combo(key)
         if isinstance(out, Mapping):
             extra = dict(out)
             out = extra.pop("model", None)
+            combo.bits = int(extra.pop("bits", 32))
+            # a model_fn may choose the input it is measured at (e.g. a resolution knob)
+            combo.input_size = tuple(extra.pop("input_size", self.input_size))
+            combo.given_accuracy = extra.pop("accuracy", None)
+            if extra:
+                raise TypeError(f"model_fn returned {', '.join(map(repr, extra))}; a dict may hold 'model', "
+                                "'bits', 'input_size' and 'accuracy'")
         if not isinstance(out, nn.Module):
             raise TypeError(f"model_fn must return an nn.Module or a dict with 'model', got {type(out).__name__}")
-        bits = int(extra.pop("bits", 32))
-        # a model_fn may choose the input it is measured at (e.g. a resolution knob); MACs are per image
-        extra["_input_size"] = tuple(extra.pop("input_size", self.input_size))
-        self._models[key] = (out, bits)
+        self._models[key] = out
         while len(self._models) > 4:
             self._models.popitem(last=False)
-        self._cache.setdefault(key, {"knobs": self._knobs_of(key)}).update(extra)
-        return out, bits
+        return out
 
-    def _compute(self, key: tuple, stage: str, train: bool = False) -> dict:
-        """Fill ``stage`` of ``key``'s metrics (once) and return them. ``ValueError`` from ``model_fn``
-        marks the combination invalid; a measurement that fails leaves "not measured (why)"."""
-        m = self._cache.setdefault(key, {"knobs": self._knobs_of(key)})
-        if m.get("error") or stage in m.get("_done", ()):
-            return m
-        done = True
+    def _measure(self, key: tuple, stage: str, train: bool) -> Measurement | None:
+        """The combination's measurement with ``stage`` added (None: nothing to add yet)."""
+        combo = self._combo(key)
+        if stage == "cost":
+            model = self._model(key)
+            size = combo.input_size or self.input_size
+            return Measurement(profile(model, size, threads=self.threads, latency=False, bits=combo.bits))
+        m = combo.measurement
+        if stage == "latency":
+            lat = measure_latency(self._model(key), combo.input_size or self.input_size, threads=self.threads,
+                                  min_run_time=self.min_run_time)
+            return dataclasses.replace(m, latency=lat)
+        if self.accuracy == "train":
+            return self._stored_accuracy(key, m, train)
+        if combo.given_accuracy is not None:
+            return dataclasses.replace(m, accuracy=combo.given_accuracy, accuracy_note="given with the model")
+        acc = evaluate(self._model(key), n=self.eval_images, batch_size=100)
+        return dataclasses.replace(m, accuracy=acc, accuracy_note=f"{acc.n:,} test images")
+
+    def _compute(self, key: tuple, stage: str, train: bool = False) -> _Combo:
+        """Fill ``stage`` of ``key`` (once). ``ValueError`` from ``model_fn`` marks the combination
+        invalid; a measurement that fails leaves "not measured (why)" in its place."""
+        combo = self._combo(key)
+        if combo.error or stage in combo.done:
+            return combo
+        if stage != "cost" and combo.measurement is None:
+            self._compute(key, "cost")
+            if combo.error:
+                return combo
+        new = None
         try:
-            if stage == "accuracy" and self.accuracy == "train":
-                new = self._stored_accuracy(key, train=train)
-                done = bool(new) or train   # not stored yet: look again next time (a Train may store it)
-            elif stage == "accuracy" and "accuracy" in m:   # model_fn gave it
-                new = {}
-            else:
-                model, bits = self._model(key)
-                new = measure_model(model, (stage,), bits=bits, input_size=m.get("_input_size", self.input_size),
-                                    threads=self.threads, min_run_time=self.min_run_time,
-                                    eval_images=self.eval_images)
+            new = self._measure(key, stage, train)
         except ValueError as err:
-            if stage == "cost" or "params" not in m:    # model_fn rejected the combination
-                new = {"error": _short(err)}
+            if stage == "cost":                       # model_fn rejected the combination
+                combo.error = _short(err)
             else:
-                self._note(key, stage, f"not measured ({_short(err)})")
-                new = {}
+                combo.status[stage] = f"not measured ({_short(err)})"
         except Exception as err:  # noqa: BLE001 - one line in the panel; the explorer keeps working
             if stage == "cost":
                 raise
             self.last_error = err
-            self._note(key, stage, f"not measured ({type(err).__name__}: {_short(err)})")
-            new = {}
-        m.update(new)
-        if done:
-            m.setdefault("_done", set()).add(stage)
-        if new:
-            self._status.get(key, {}).pop(stage, None)
-        return m
+            combo.status[stage] = f"not measured ({type(err).__name__}: {_short(err)})"
+        if new is not None:
+            combo.measurement = new
+            combo.status.pop(stage, None)
+        # an accuracy not in the store yet is looked up again next time (a Train may store it)
+        if not (stage == "accuracy" and self.accuracy == "train" and new is None and not train):
+            combo.done.add(stage)
+        return combo
 
     def _train_target(self, key: tuple) -> tuple[str, dict]:
         if self.train_name:
             return self.train_name, {**self.fixed, **self._knobs_of(key)}
-        from .models import model_knobs
-        model, _ = self._model(key)
-        cfg = getattr(model, "config", None)
+        cfg = getattr(self._model(key), "config", None)
         if cfg is None or not getattr(cfg, "name", ""):
             raise TypeError("accuracy='train' needs train_name=... or a model_fn that returns a model "
                             "built by lcnn_lab.models.create_model")
-        return cfg.name, model_knobs(model)
+        return cfg.name, model_knobs(self._model(key))
 
-    def _train_cfg(self, progress: bool):
-        import dataclasses
-
-        from .train import TrainConfig
+    def _train_cfg(self, progress: bool) -> TrainConfig:
         return dataclasses.replace(self.train_config or TrainConfig(), progress=progress).resolved()
 
-    def _stored_accuracy(self, key: tuple, train: bool = False) -> dict:
-        """Accuracy of ``key`` from the results store at the current budget; trains it first if ``train``."""
-        from .results import ResultsStore
-        from .train import trained_accuracy
+    def _store(self) -> ResultsStore:
+        return self.store if self.store is not None else ResultsStore()
+
+    def _stored_accuracy(self, key: tuple, m: Measurement, train: bool) -> Measurement | None:
+        """``m`` with the accuracy of ``key`` from the results store at the current budget (None if
+        not stored); trains it first if ``train``."""
         name, knobs = self._train_target(key)
         cfg = self._train_cfg(progress=False)
-        store = self.store if self.store is not None else ResultsStore()
         try:
-            entry = trained_accuracy(name, cfg, store=store, compute=train, **knobs)
+            entry = trained_accuracy(name, cfg, store=self._store(), compute=train, **knobs)
         except ValueError:
             raise
         except Exception as err:  # noqa: BLE001 - a static view shows "not measured" rather than fail
@@ -701,56 +385,79 @@ class Explorer:
             self.last_error = err
             entry = None
         if entry is None:
-            self._note(key, "accuracy", "not measured" if train else
-                       f"not trained at budget {cfg.budget} yet: press Train")
-            return {}
+            self._combo(key).status["accuracy"] = "not measured" if train else \
+                f"not trained at budget {cfg.budget} yet: press Train"
+            return None
         saved = str(entry.get("saved", ""))[:10]
-        return {"accuracy": entry["accuracy"], "accuracy_se": entry.get("accuracy_se"),
-                "accuracy_n": entry.get("eval_images"),
-                "accuracy_note": f"{entry.get('eval_images', 0):,} test images, budget {entry.get('budget')}, "
-                                 f"trained on {entry.get('device', '?')} {saved}".rstrip()}
+        n = entry.get("eval_images") or 0
+        return dataclasses.replace(
+            m, accuracy=Accuracy(entry["accuracy"], entry.get("accuracy_se") or 0.0, n),
+            accuracy_note=f"{n:,} test images, budget {entry.get('budget')}, "
+                          f"trained on {entry.get('device', '?')} {saved}".rstrip())
 
-    def _note(self, key: tuple, stage: str, text: str) -> None:
-        self._status.setdefault(key, {})[stage] = text
-
-    def metrics_for(self, **knobs: Any) -> dict[str, Any]:
+    def measurement_for(self, **knobs: Any) -> Measurement:
         """Every number for one combination of knobs (missing knobs: the current values), computed
-        once and cached. Accuracy ``"train"`` reads the results store and never trains here."""
+        once and cached; ``ValueError`` (with the reason) for a combination that cannot be built.
+        Accuracy ``"train"`` reads the results store and never trains here."""
         key = self._key({**self._value, **knobs})
         for stage in self.stages:
             self._compute(key, stage)
-        return self._public(self._cache[key])
+        combo = self._combos[key]
+        if combo.error:
+            raise ValueError(combo.error)
+        return combo.measurement
 
-    @staticmethod
-    def _public(m: Mapping) -> dict:
-        return {k: v for k, v in m.items() if not k.startswith("_")}
+    @property
+    def measurement(self) -> Measurement | None:
+        """The numbers of the current knobs as shown (None when the combination cannot be built;
+        :attr:`error` says why). Numbers still being measured are None inside it."""
+        key = self._key(self._value)
+        if key not in self._combos or "cost" not in self._combos[key].done:
+            if self._ui is None:
+                self.set(**self._value)
+            else:
+                self._show()
+        return self._combos[key].measurement
+
+    @property
+    def error(self) -> str | None:
+        """Why the current combination of knobs cannot be built, in one line; None when it can."""
+        self.measurement   # noqa: B018 - computes the cost, which is where an error shows up
+        return self._combos[self._key(self._value)].error
 
     # ---- rendering ------------------------------------------------------------------------------
 
     def _footer(self, budget: str | None = None) -> str:
-        p = provenance(budget, self.threads)
-        sizes = {m.get("_input_size", self.input_size) for m in self._cache.values()} or {self.input_size}
+        p = config.provenance(budget, self.threads, data=False)
+        sizes = {c.input_size or self.input_size for c in self._combos.values()} or {self.input_size}
         image = "×".join(map(str, self.input_size[2:])) + " image" if sizes == {self.input_size} else \
             "image at the input size chosen above"
         return (f"Measured on {p['machine']} · {p['threads']} threads · torch {p['torch']} · budget "
                 f"{p['budget']} · {p['date']}. Params: learnable parameter elements; MACs per "
                 f"{image}, FLOPs = 2 × MACs; size at the bit width shown.")
 
-    def _render(self, key: tuple, points: Sequence[tuple] | None = None, static: bool = False) -> str:
-        m = self._cache.get(key, {"knobs": self._knobs_of(key)})
-        bkey = self.baseline_key
-        base = self._cache.get(bkey)
-        status = dict(self._status.get(key, {}))
-        if points is None:
-            points = [(self._describe(k), v) for k, v in self._cache.items() if not v.get("error")]
+    def _points(self) -> list[tuple[str, Measurement]]:
+        return [(self._describe(k), c.measurement) for k, c in self._combos.items() if c.measurement is not None]
+
+    def _plot(self, key: tuple, points: Sequence[tuple[str, Measurement]]) -> render.Plot | None:
+        if not self.plot:
+            return None
+        combo, base = self._combo(key), self._combos.get(self.baseline_key)
+        return render.plot(self.plot, points, combo.measurement, base.measurement if base else None,
+                           self.latency)
+
+    def _render(self, key: tuple, plot: render.Plot | None, static: bool = False,
+                background: bool = True) -> str:
+        combo, bkey = self._combo(key), self.baseline_key
+        base = self._combos.get(bkey)
+        status = dict(combo.status)
         if static:  # nothing is pending in a precomputed view
-            status = {s: status.get(s, "not measured") for s in STAGES}
-        plot = render_plot(self.plot, points, None if m.get("error") else m, base, self.latency) \
-            if self.plot else ""
+            status = {s: status.get(s, "not measured") for s in render.STAGES}
         budget = self._train_cfg(False).budget if self.accuracy == "train" else None
-        return render_view(self.title, self._describe(key), self._describe(bkey), m,
-                           m if key == bkey else base, status, plot, self._footer(budget), self.stages,
-                           self.show_nonzero)
+        return render.panel(self.title, self._describe(key), self._describe(bkey), combo.measurement,
+                            base.measurement if base else None, error=combo.error, status=status,
+                            plot_svg=plot.svg(background) if plot else "", footer=self._footer(budget),
+                            rows=self.stages, nonzero=self.show_nonzero, is_baseline=key == bkey)
 
     # ---- static mode --------------------------------------------------------------------------
 
@@ -768,7 +475,6 @@ class Explorer:
         Progress goes to a ``tqdm.auto`` bar, or as text lines to ``progress`` when given.
         """
         keys = self._grid()
-        from tqdm.auto import tqdm
         # In static mode (the book build) a tqdm.auto bar would be an ipywidget saved into the page,
         # and the page would then load the widget manager from a CDN: no bar there unless `progress`.
         quiet = progress is None and config.widget_mode() == "static"
@@ -786,45 +492,18 @@ class Explorer:
                 bar.update(1)
         finally:
             bar.close()
-        points = [(self._describe(k), self._cache[k]) for k in keys if not self._cache[k].get("error")]
-        uid = f"lcnn-ex-{uuid.uuid4().hex[:10]}"
+        points = [(self._describe(k), self._combos[k].measurement) for k in keys
+                  if self._combos[k].measurement is not None]
         current = self._key(self._value)
-        views = {",".join(str(k.index(v)) for k, v in zip(self.knobs, key)): self._render(key, points, static=True)
-                 for key in keys}
+        plots = {key: self._plot(key, points) for key in keys}
         # The scatter's background (axes, every grid point) is the same in every view: keep it once.
-        layers = {m.group(0) for v in views.values() for m in [_BG.search(v)] if m}
-        shared = ""
-        if len(layers) == 1 and all(_BG.search(v) for v in views.values()):
-            (layer,) = layers
-            views = {k: v.replace(layer, "<g data-layer='bg'></g>") for k, v in views.items()}
-            # inside an <svg>, so the template parses it as SVG (outside one, <line/> would not close)
-            shared = f"<template data-bg><svg>{_BG.match(layer).group(1)}</svg></template>"
-        templates = "".join(f"<template data-key='{k}'>{v}</template>" for k, v in views.items())
-        return (f"<div id='{uid}' class='lcnn-explorer' style='margin:8px 0'>"
-                f"{self._static_controls(current)}"
-                f"<div data-view>{self._render(current, points, static=True)}</div>{shared}{templates}"
-                f"<script>{_STATIC_JS.replace('@UID@', uid)}</script></div>")
-
-    def _static_controls(self, current: tuple) -> str:
-        out = []
-        for i, (k, v) in enumerate(zip(self.knobs, current)):
-            idx, label = k.index(v), _esc(k.text)
-            if isinstance(k, Toggle):
-                out.append(f"<label style='display:flex;align-items:center;gap:6px'><input type='checkbox' "
-                           f"data-knob='{i}'{' checked' if v else ''}> {label}</label>")
-            elif isinstance(k, Slider):
-                labels = _esc("|".join(k.format(x) for x in k.values))
-                out.append(f"<label style='display:flex;align-items:center;gap:8px'>{label} <input type='range' "
-                           f"min='0' max='{len(k.values) - 1}' step='1' value='{idx}' data-knob='{i}' "
-                           f"data-labels='{labels}' style='width:{min(60 + 40 * len(k.values), 260)}px'>"
-                           f"<output style='min-width:2.5em;font-weight:600'>{_esc(k.format(v))}</output></label>")
-            else:
-                options = "".join(f"<option value='{j}'{' selected' if j == idx else ''}>{_esc(k.format(x))}"
-                                  f"</option>" for j, x in enumerate(k.values))
-                out.append(f"<label style='display:flex;align-items:center;gap:6px'>{label} "
-                           f"<select data-knob='{i}'>{options}</select></label>")
-        return ("<div style='display:flex;flex-wrap:wrap;gap:6px 22px;margin:4px 0 8px;font-family:system-ui,"
-                "sans-serif;font-size:14px'>" + "".join(out) + "</div>")
+        backgrounds = {p.background for p in plots.values() if p is not None}
+        shared = backgrounds.pop() if len(backgrounds) == 1 and None not in plots.values() else None
+        views = {",".join(str(k.index(v)) for k, v in zip(self.knobs, key)):
+                 self._render(key, plots[key], static=True, background=shared is None) for key in keys}
+        return render.static_page(f"lcnn-ex-{uuid.uuid4().hex[:10]}",
+                                  render.static_controls(self.knobs, current),
+                                  self._render(current, plots[current], static=True), views, shared)
 
     # ---- live mode ----------------------------------------------------------------------------
 
@@ -907,11 +586,12 @@ class Explorer:
                 self._compute(k, "cost")
             except Exception as err:  # noqa: BLE001 - a bug in model_fn: one line, not a traceback
                 self.last_error = err
-                self._cache[k] = {"knobs": self._knobs_of(k), "error": f"{type(err).__name__}: {_short(err)}"}
+                self._combos[k] = _Combo(self._knobs_of(k), error=f"{type(err).__name__}: {_short(err)}",
+                                         done=set(self.stages))
         for k, s in self._todo():
-            note = self._status.get(k, {}).get(s, "")
+            note = self._combo(k).status.get(s, "")
             if not note or note.endswith("…"):
-                self._note(k, s, self._pending(s))
+                self._combo(k).status[s] = self._pending(s)
         self._show()
         try:
             loop = asyncio.get_running_loop()   # the kernel's loop, when a reader moved a control
@@ -929,7 +609,7 @@ class Explorer:
             slow = sorted(slow, key=lambda s: s != "accuracy")
         keys = dict.fromkeys((self._key(self._value), self.baseline_key))
         return [(k, s) for k in keys for s in slow
-                if not self._cache[k].get("error") and s not in self._cache[k].get("_done", ())]
+                if not self._combo(k).error and s not in self._combo(k).done]
 
     def _pending(self, stage: str) -> str:
         """What the panel says while ``stage`` is on its way."""
@@ -949,15 +629,15 @@ class Explorer:
 
     def _show(self) -> None:
         key = self._key(self._value)
-        self._shown = self._public(self._cache.get(key, {}))
         if self._ui is None:
             return
-        self._ui["view"].value = self._render(key)
-        m = self._cache.get(key, {})
+        self._ui["view"].value = self._render(key, self._plot(key, self._points()))
+        combo = self._combo(key)
+        trained = combo.measurement is not None and combo.measurement.accuracy is not None
         b = self._ui["button"]
         if self.accuracy == "train" and self._training is None:
-            b.disabled = bool(m.get("error")) or m.get("accuracy") is not None
-            b.description = "Trained" if m.get("accuracy") is not None else "Train"
+            b.disabled = bool(combo.error) or trained
+            b.description = "Trained" if trained else "Train"
             if not self._ui["label"].value.startswith("training failed"):
                 self._ui["label"].value = "" if b.disabled else \
                     f"train {self._describe(key)} at budget {self._train_cfg(False).budget}"
@@ -965,10 +645,8 @@ class Explorer:
     def _start_training(self) -> None:
         """The Train button: train the current combination now, on the kernel's thread (see above),
         with the progress bar and the panel showing how far it is; then show its accuracy."""
-        from .results import ResultsStore
-        from .train import train_model
         key = self._key(self._value)
-        if self._training is not None or self._cache.get(key, {}).get("error"):
+        if self._training is not None or self._combo(key).error:
             return
         self._training = key
         ui = self._ui
@@ -977,22 +655,21 @@ class Explorer:
 
         def report(frac: float, text: str) -> None:
             ui["bar"].value, ui["label"].value = frac, text
-            self._note(key, "accuracy", text.split(" (")[0])
+            self._combo(key).status["accuracy"] = text.split(" (")[0]
             self._show()
 
         report(0.0, "training… 0 %")
         try:
             name, knobs = self._train_target(key)
             cfg = self._train_cfg(progress=False)  # the widget's own bar shows progress, via on_progress
-            train_model(name, cfg, store=self.store if self.store is not None else ResultsStore(),
-                        on_progress=report, **knobs)
+            train_model(name, cfg, store=self._store(), on_progress=report, **knobs)
             ui["label"].value = "done"
-            self._cache[key].get("_done", set()).discard("accuracy")
-            self._status.get(key, {}).pop("accuracy", None)
+            self._combo(key).done.discard("accuracy")
+            self._combo(key).status.pop("accuracy", None)
             self._compute(key, "accuracy")
         except Exception as err:  # noqa: BLE001 - one line in the panel, the widget keeps working
             self.last_error = err
-            self._note(key, "accuracy", "not measured (training failed)")
+            self._combo(key).status["accuracy"] = "not measured (training failed)"
             ui["label"].value = f"training failed: {type(err).__name__}: {_short(err)}"
         finally:
             ui["bar"].value = 1.0
@@ -1015,7 +692,6 @@ class Explorer:
             key = self._key(new)
             for stage in self.stages:
                 self._compute(key, stage)
-            self._shown = self._public(self._cache[key])
             return
         self._holding = True
         try:
@@ -1030,7 +706,7 @@ class Explorer:
 
     def wait(self) -> None:
         """Compute the slow numbers still missing for the current knobs now, instead of when the
-        kernel is next idle (what a notebook cell that reads ``ex.metrics`` right away needs)."""
+        kernel is next idle (what a notebook cell that reads ``ex.measurement`` right away needs)."""
         for key, stage in self._todo():
             self._compute(key, stage)
         self._show()
@@ -1045,16 +721,6 @@ class Explorer:
                 w.close()
             close(self._ui["root"])
             self._ui = None
-
-    @property
-    def metrics(self) -> dict[str, Any]:
-        """The numbers currently shown (a copy)."""
-        if self._shown is None:
-            if self._ui is None:
-                self.set(**self._value)
-            else:
-                self._show()
-        return dict(self._shown)
 
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
         if config.widget_mode() == "static":
@@ -1074,20 +740,3 @@ class Explorer:
 
     def __repr__(self) -> str:
         return f"Explorer({self.title or ', '.join(k.name for k in self.knobs)!r})"
-
-
-_BG = re.compile(r"<g data-layer='bg'>(.*?</g>)</g>")   # the scatter's shared layer (ends with the points' <g>)
-
-# The static view's script: read the controls, pick the matching precomputed view. Scoped to one
-# root element by id, so several Explorers on a page never touch each other.
-_STATIC_JS = """(function(){var root=document.getElementById('@UID@');if(!root)return;
-var view=root.querySelector('[data-view]');var ctl=root.querySelectorAll('[data-knob]');
-function update(){var key=[];for(var i=0;i<ctl.length;i++){var c=ctl[i];
-key.push(c.type==='checkbox'?(c.checked?1:0):c.value);
-if(c.type==='range'){var out=c.parentNode.querySelector('output');
-if(out)out.textContent=c.getAttribute('data-labels').split('|')[+c.value];}}
-var t=root.querySelector("template[data-key='"+key.join(',')+"']");
-view.innerHTML=t?t.innerHTML:'<p>not computed</p>';
-var bg=root.querySelector('template[data-bg]'),g=view.querySelector("g[data-layer='bg']");
-if(bg&&g&&!g.firstChild)g.innerHTML=bg.content.firstElementChild.innerHTML;}
-root.addEventListener('input',update);root.addEventListener('change',update);})();"""

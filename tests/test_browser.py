@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from lcnn_lab.models import create_model
-from lcnn_lab.widgets import Dropdown, Explorer, Slider, Toggle, format_metrics
+from lcnn_lab.render import format_measurement
+from lcnn_lab.widgets import Dropdown, Explorer, Slider, Toggle
 
 
 def cifar(**knobs):
@@ -46,7 +47,7 @@ def plot(root) -> str:
 
 
 def expected(ex: Explorer, **knobs) -> dict[str, str]:
-    return format_metrics(ex.metrics_for(**knobs))
+    return format_measurement(ex.measurement_for(**knobs))
 
 
 def test_static_controls_swap_in_the_precomputed_views(chrome, page, explorers, tmp_path):

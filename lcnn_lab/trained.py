@@ -1,0 +1,222 @@
+"""Trained models: every accuracy the book shows, trained once and kept.
+
+:mod:`lcnn_lab.train` trains a model; this module decides *when* to train and keeps the outcome, so
+that a number is never computed twice and every stored number says where it came from:
+
+* :func:`train_model` trains ``create_model(name, **knobs)`` under a budget and records its accuracy
+  in the results store; :func:`trained_accuracy` reads that record (training first if asked).
+* :func:`pretrained` returns trained weights: trained once under a budget, saved as a checkpoint
+  with their provenance (``results/checkpoints/``), loaded from disk afterwards.
+* :func:`finetune` changes a trained model (prunes it, quantizes it, ...) and fine-tunes the result,
+  storing the accuracy before and after. It is keyed by the base model's **content hash**
+  (:func:`state_hash`), so a retrained baseline gets new fine-tunes, never stale ones.
+
+Keys carry the measurement format of their kind (:data:`lcnn_lab.results.MEASUREMENT_FORMATS`), not
+the package version, so a release keeps every committed result.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from . import config
+from .data import data_source
+from .models import create_model, model_knobs
+from .profile import count_params
+from .results import ResultsStore, key_hash, make_key, measurement_format
+from .train import Accuracy, TrainConfig, TrainResult, evaluate, train
+
+__all__ = ["train_model", "trained_accuracy", "pretrained", "checkpoint_path", "load_checkpoint",
+           "save_checkpoint", "state_hash", "finetune", "FineTune"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Trained from scratch: the results store
+
+def _train_key(name: str, knobs: dict, cfg: TrainConfig, dev: torch.device) -> dict:
+    return make_key("train", model=name, knobs=knobs, train=cfg.key(), data=data_source().kind,
+                    device=dev.type)
+
+
+def _provenance(r: TrainResult) -> dict:
+    """What a training run records besides its key: the machine, its data's checksum, the run."""
+    return {**config.provenance(r.budget, r.threads, r.device), "device": r.device, "threads": r.threads}
+
+
+def _metrics(r: TrainResult) -> dict:
+    return {"accuracy": r.accuracy.value, "accuracy_se": r.accuracy.se, "eval_images": r.accuracy.n,
+            "epochs": r.epochs, "seconds": r.seconds, "images_per_second": r.images_per_second,
+            "history": [dataclasses.asdict(h) for h in r.history]}
+
+
+def train_model(name: str, cfg: TrainConfig | None = None, store: ResultsStore | None = None,
+                on_progress: Callable[[float, str], None] | None = None,
+                **knobs) -> tuple[nn.Module, TrainResult]:
+    """Build ``create_model(name, **knobs)``, train it under ``cfg`` and record the result in ``store``
+    (default: the results store). Returns the trained model and its :class:`~lcnn_lab.train.TrainResult`.
+
+    ``on_progress(fraction, text)`` is passed to :func:`lcnn_lab.train.train` (a widget's progress bar).
+    """
+    cfg = (cfg or TrainConfig()).resolved()
+    config.seed_everything(cfg.seed)  # the initial weights come from the seed too
+    model = create_model(name, **knobs)
+    result = train(model, cfg, on_progress=on_progress)
+    store = store if store is not None else ResultsStore()
+    key = _train_key(name, model_knobs(model), cfg, config.get_device(cfg.device))
+    store.put(key, _metrics(result), _provenance(result))
+    return model, result
+
+
+def trained_accuracy(name: str, cfg: TrainConfig | None = None, store: ResultsStore | None = None,
+                     compute: bool = True, **knobs) -> dict | None:
+    """The stored training metrics for a model and knobs under ``cfg``'s budget, training it first if
+    ``compute`` and nothing is stored. Returns ``{"accuracy", "accuracy_se", "seconds", ...}`` (with
+    the provenance) or None."""
+    cfg = (cfg or TrainConfig()).resolved()
+    store = store if store is not None else ResultsStore()
+    # key by every knob, defaults included, so that kernel_size=3 and "the default" are one entry
+    key = _train_key(name, model_knobs(create_model(name, **knobs)), cfg, config.get_device(cfg.device))
+    entry = store.get(key)
+    if entry is None and compute:
+        train_model(name, cfg, store=store, **knobs)
+        entry = store.get(key)
+    return None if entry is None else {**entry["metrics"], **entry["provenance"]}
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+
+def state_hash(model: nn.Module) -> str:
+    """SHA-256 (16 hex digits) of a model's weights and buffers: names, shapes, dtypes and values.
+
+    Two models have the same hash exactly when their ``state_dict`` is the same, wherever they were
+    trained or loaded: it identifies the base of a fine-tune better than its accuracy could.
+    """
+    digest = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        digest.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def checkpoint_path(name: str, budget: str, knobs: dict | None = None) -> Path:
+    """Where :func:`pretrained` keeps ``name``'s weights trained under ``budget``."""
+    key = make_key("checkpoint", model=name, knobs=model_knobs(create_model(name, **(knobs or {}))),
+                   budget=budget)
+    return config.results_dir() / "checkpoints" / f"{name}-{budget}-{key_hash(key)}.pt"
+
+
+def save_checkpoint(path: Path, model: nn.Module, name: str, knobs: dict, provenance: dict) -> None:
+    """Save ``model``'s weights (on the CPU) with their provenance, atomically."""
+    buf = io.BytesIO()
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    torch.save({"format": measurement_format("checkpoint"), "model": name, "knobs": knobs,
+                "state_dict": state, "provenance": provenance}, buf)
+    config.atomic_write(path, buf.getvalue())
+
+
+def load_checkpoint(path: Path, model: nn.Module) -> dict | None:
+    """Load weights saved by :func:`pretrained` into ``model``; return their provenance, or None (with
+    a warning) when the file is unreadable, of another format, or does not fit the model."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if ckpt.get("format") != measurement_format("checkpoint"):
+            raise ValueError(f"checkpoint format {ckpt.get('format')}, this lcnn_lab reads format "
+                             f"{measurement_format('checkpoint')}")
+        model.load_state_dict(ckpt["state_dict"])
+        return ckpt["provenance"]
+    except FileNotFoundError:
+        return None
+    except Exception as e:  # corrupt zip, wrong keys or shapes, old format: retrain, never half-load
+        warnings.warn(f"checkpoint {path.name} cannot be used ({e}); training again", stacklevel=3)
+        return None
+
+
+def pretrained(name: str = "cifar_net", budget: str | None = None, device: str | None = None,
+               **knobs) -> nn.Module:
+    """A trained ``create_model(name, **knobs)``: trained once under ``budget``, then loaded from disk.
+
+    The weights are saved with their provenance (data kind and checksum, budget, device, seconds,
+    accuracy, package and torch versions), available afterwards as ``model.provenance``. A checkpoint
+    that is corrupt or of another measurement format is retrained, not loaded.
+    """
+    b = config.get_budget(budget)
+    dev = config.get_device(device)
+    path = checkpoint_path(name, b.name, knobs)
+    model = create_model(name, **knobs)
+    provenance = load_checkpoint(path, model)
+    if provenance is None:
+        model, result = train_model(name, TrainConfig(budget=b.name, device=str(dev)), **knobs)
+        provenance = {**_provenance(result), "accuracy": result.accuracy.value,
+                      "accuracy_se": result.accuracy.se, "seconds": result.seconds}
+        save_checkpoint(path, model, name, knobs, provenance)
+    model.to(dev).eval()
+    model.provenance = provenance
+    return model
+
+
+# ----------------------------------------------------------------------------------------------
+# Fine-tunes of a trained model
+
+@dataclass(frozen=True)
+class FineTune:
+    """Accuracy of a changed model before and after fine-tuning, as stored by :func:`finetune`."""
+    before: Accuracy             # the changed model, before fine-tuning
+    after: Accuracy              # after fine-tuning
+    params: int                  # parameter elements of the changed model
+    nonzero_params: int          # of which not exactly zero, after fine-tuning (pruning keeps its zeros)
+    seconds: float               # fine-tuning wall time, evaluation excluded
+    provenance: dict[str, Any]   # where and when it was measured (from the results store)
+
+    def __str__(self) -> str:
+        return f"{self.before} before fine-tuning, {self.after} after ({self.seconds:.1f} s)"
+
+
+def finetune(base: nn.Module, transform: Callable[[nn.Module], nn.Module], cfg: TrainConfig,
+             what: str | dict, *, eval_images: int | None = None,
+             store: ResultsStore | None = None) -> FineTune:
+    """Change a copy of the trained ``base`` with ``transform``, fine-tune it under ``cfg``, and keep
+    the accuracy before and after in the results store.
+
+    ``what`` names the change, for the store's key (e.g. ``{"prune": "weight", "scope": "global",
+    "amount": 0.9}``): a function cannot be compared between sessions, its description can. The key
+    also holds the base's :func:`state_hash`, the fine-tune's config and ``eval_images``, the test
+    images both accuracies are measured on (a fixed subset; None = all 10,000). ``transform``
+    receives a deep copy, so ``base`` is never changed; it returns the model to fine-tune (the same
+    object or a new one). A stored result is returned without running ``transform``.
+    """
+    cfg = cfg.resolved()
+    store = store if store is not None else ResultsStore()
+    dev = config.get_device(cfg.device)
+    key = make_key("finetune", base=state_hash(base), what=what, train=cfg.key(), eval_images=eval_images,
+                   data=data_source().kind, device=dev.type)
+
+    def compute() -> tuple[dict, dict]:
+        model = transform(copy.deepcopy(base))
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"transform must return the nn.Module to fine-tune, got {type(model).__name__}")
+        before = evaluate(model.to(dev), n=eval_images)
+        result = train(model, cfg)
+        after = evaluate(model, n=eval_images)
+        return ({"before": before.value, "before_se": before.se, "after": after.value, "after_se": after.se,
+                 "eval_images": after.n, "params": count_params(model),
+                 "nonzero_params": count_params(model, nonzero=True), "seconds": result.seconds},
+                _provenance(result))
+
+    entry = store.get_or_compute(key, compute)
+    m = entry["metrics"]
+    return FineTune(before=Accuracy(m["before"], m["before_se"], m["eval_images"]),
+                    after=Accuracy(m["after"], m["after_se"], m["eval_images"]),
+                    params=m["params"], nonzero_params=m["nonzero_params"], seconds=m["seconds"],
+                    provenance=entry["provenance"])
+
