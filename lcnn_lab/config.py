@@ -1,4 +1,6 @@
-"""Shared settings, read in one place: device, threads, seeding, budget and folders.
+"""Shared settings, read in one place: device, threads, seeding, budget and folders; plus the two
+things every module needs from its machine: an atomic file write (:func:`atomic_write`) and the record
+of where a number was measured (:func:`provenance`, printed by :func:`describe`).
 
 The only environment variables lcnn_lab reads are documented here:
 

@@ -28,7 +28,8 @@ writable, otherwise in ``<cache>/data``. Later loads read that file (well under 
 damaged cache file is noticed, reported with a warning and rebuilt from the source.
 
 Print :func:`data_source` next to an accuracy so a reader knows which copy it was measured on:
-the JPEG mirror's pixels differ slightly from the official release.
+the JPEG mirror's pixels differ slightly from the official release. Stored results record the copy
+as its kind and SHA-256 (:attr:`DataSource.provenance`), never as a folder of the measuring machine.
 """
 from __future__ import annotations
 

@@ -12,6 +12,10 @@ Table 4). Each number here says which one it is:
 * **latency**: wall-clock time of a forward pass, median and spread over many timed runs, with
   the thread count, device and torch version it was measured with.
 
+:func:`measure` gathers a model's numbers into one :class:`Measurement` (its :class:`Profile`, a
+:class:`Latency` and an accuracy), what an Explorer shows; :func:`compare_latency` times several models
+in interleaved rounds, so that their ratios survive a machine whose speed drifts.
+
 What counts as a MAC is a choice, so it is written down: convolutions and linear layers (and
 matrix products) are counted, everything in :data:`ZERO_MAC_OPS` counts 0, and any other operator is
 listed in ``MacCount.uncounted`` instead of being dropped silently. BatchNorm counts 0 because at

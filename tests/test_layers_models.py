@@ -8,7 +8,7 @@ from torch import nn
 
 from lcnn_lab import layers as L
 from lcnn_lab import models as M
-from lcnn_lab.profile import count_macs
+from lcnn_lab.profile import count_macs, count_params
 
 
 def n_params(module: nn.Module) -> int:
@@ -86,15 +86,24 @@ def test_depthwise_separable_costs_one_over_cout_plus_one_over_k2(c_in, c_out, k
     assert ratio > Fraction(1, k * k)  # the survey's "1/k^2" is a lower bound, reached only as c_out grows
 
 
-def test_stacked_3x3_ratios_of_szegedy():
-    c = 24
-    five, two = L.ConvKxK(c, c, 5), L.StackedConv3x3(c, c, 5)
-    seven, three = L.ConvKxK(c, c, 7), L.StackedConv3x3(c, c, 7)
-    assert Fraction(n_params(two), n_params(five)) == Fraction(18, 25)      # 28 % fewer
-    assert Fraction(n_params(three), n_params(seven)) == Fraction(27, 49)   # about 45 % fewer
-    assert round(100 * (1 - 18 / 25)) == 28 and round(100 * (1 - 27 / 49)) == 45
-    assert Fraction(macs(two, c), macs(five, c)) == Fraction(18, 25)
-    assert Fraction(macs(three, c), macs(seven, c)) == Fraction(27, 49)
+@pytest.mark.parametrize("c", [8, 24, 64])
+@pytest.mark.parametrize("k, n_layers, szegedy_ratio, percent_fewer", [
+    (5, 2, Fraction(18, 25), 28.0),   # two 3x3 instead of one 5x5: 18c^2 vs 25c^2, 28 % fewer
+    (7, 3, Fraction(27, 49), 44.9),   # three 3x3 instead of one 7x7: 27c^2 vs 49c^2, 44.9 % fewer
+])
+def test_stacked_3x3_ratios_of_szegedy(c, k, n_layers, szegedy_ratio, percent_fewer):
+    """Szegedy et al. 2016 (long2024 §2.1), for c_in = c_out: counted on the real layers, not recomputed."""
+    single, stacked = L.ConvKxK(c, c, k), L.StackedConv3x3(c, c, k)
+    convs = [m for m in stacked.modules() if isinstance(m, nn.Conv2d)]
+    assert [conv.kernel_size for conv in convs] == [(3, 3)] * n_layers
+    param_counts = (count_params(stacked), count_params(single))
+    mac_counts = (count_macs(stacked, (1, c, 8, 8)).total, count_macs(single, (1, c, 8, 8)).total)
+    assert param_counts == (n_layers * 9 * c * c, k * k * c * c)
+    assert mac_counts == (64 * param_counts[0], 64 * param_counts[1])  # 8 x 8 output pixels, stride 1
+    param_ratio, mac_ratio = Fraction(*param_counts), Fraction(*mac_counts)
+    assert param_ratio == mac_ratio == szegedy_ratio
+    assert round(float(100 * (1 - param_ratio)), 1) == percent_fewer
+    assert round(float(100 * (1 - mac_ratio)), 1) == percent_fewer
 
 
 @pytest.mark.parametrize("k", [3, 5, 7, 9])

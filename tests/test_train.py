@@ -73,14 +73,14 @@ def test_augmentation_shapes_and_content():
         for images in (x, x.float() / 255):  # uint8 as training stores it, and float
             y = T.batch_translate(images, pad, torch.Generator().manual_seed(0))
             assert y.shape == images.shape and y.dtype == images.dtype
+            padded = torch.nn.functional.pad(images.float(), (pad,) * 4, mode="reflect")
             shifts = []
             for i in range(n):
                 found = shifts_matching(y[i], images[i], pad)
                 assert len(found) == 1, f"image {i} is not its input shifted by at most {pad} px: {found}"
                 (dy, dx), = found
                 # the border is filled by reflection: the output is a crop of the reflect-padded input
-                padded = torch.nn.functional.pad(images[i:i + 1].float(), (pad,) * 4, mode="reflect")[0]
-                assert torch.equal(y[i].float(), padded[:, pad + dy:pad + dy + 32, pad + dx:pad + dx + 32])
+                assert torch.equal(y[i].float(), padded[i, :, pad + dy:pad + dy + 32, pad + dx:pad + dx + 32])
                 shifts.append((dy, dx))
             # pixels move, and each image draws its own shift
             assert sum(s != (0, 0) for s in shifts) > n // 2

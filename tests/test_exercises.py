@@ -1,0 +1,150 @@
+"""The exercises' self-checks: one PASS or FAIL line with a hint, and never the expected answer."""
+import math
+
+import pytest
+
+from lcnn_lab.exercises import check_choice, check_close
+
+EXPECTED = 0.7321  # digits that cannot appear in a title or hint by chance
+OPTIONS = ("single", "stacked", "factorized", "bottleneck")
+
+
+def printed(capsys) -> list[str]:
+    out, err = capsys.readouterr()
+    assert err == "", "a check prints to stdout only"
+    return out.splitlines()
+
+
+def assert_one_line(lines: list[str], verdict: str, title: str) -> str:
+    assert len(lines) == 1, f"a check prints exactly one line, got {lines}"
+    assert lines[0].startswith(f"{verdict}  {title}"), lines[0]
+    return lines[0]
+
+
+def assert_expected_not_shown(line: str, *expected) -> None:
+    for value in expected:
+        texts = {str(value), repr(value)}
+        if isinstance(value, float):  # rounded or as a percentage, too
+            texts |= {f"{value:g}", f"{value:.2f}", f"{value:.3g}", f"{100 * value:.1f}"}
+        for text in texts:
+            assert text.lower() not in line.lower(), f"the check gave the answer away: {line!r}"
+
+
+# ----------------------------------------------------------------------------------------------
+# check_close
+
+@pytest.mark.parametrize("answer, expected", [(EXPECTED, EXPECTED), (EXPECTED * 1.019, EXPECTED),
+                                              (EXPECTED * 0.981, EXPECTED), (1, 1.0), (1.0, 1), (256, 256)])
+def test_check_close_passes_within_the_tolerance(answer, expected, capsys):
+    check_close("size", answer, expected=expected, rel_tol=0.02, hint="think")
+    assert_expected_not_shown(assert_one_line(printed(capsys), "PASS", "size"), expected)
+
+
+@pytest.mark.parametrize("answer", [EXPECTED * 1.021, EXPECTED * 0.979, -EXPECTED, 0, 73.21, math.inf])
+def test_check_close_fails_outside_the_tolerance_with_the_hint(answer, capsys):
+    check_close("size", answer, expected=EXPECTED, rel_tol=0.02, hint="4 bytes per parameter")
+    line = assert_one_line(printed(capsys), "FAIL", "size")
+    assert line.endswith("Hint: 4 bytes per parameter")
+    assert_expected_not_shown(line, EXPECTED)
+
+
+def test_check_close_rel_tol_zero_means_exact(capsys):
+    check_close("zero point", 85, expected=85, rel_tol=0.0)
+    check_close("zero point", 86, expected=85, rel_tol=0.0)
+    check_close("zero point", 85.0000001, expected=85, rel_tol=0.0)
+    assert [line.split()[0] for line in printed(capsys)] == ["PASS", "FAIL", "FAIL"]
+
+
+@pytest.mark.parametrize("answer", [..., None])
+def test_check_close_asks_to_replace_the_placeholder(answer, capsys):
+    check_close("size", answer, expected=EXPECTED, hint="not this hint")
+    line = assert_one_line(printed(capsys), "FAIL", "size")
+    assert "replace the ..." in line and "not this hint" not in line
+    assert_expected_not_shown(line, EXPECTED)
+
+
+@pytest.mark.parametrize("answer, kind", [("about 0.7", "str"), ([EXPECTED], "list"), ({"a": 1}, "dict"),
+                                          (object(), "object")])
+def test_check_close_wants_a_number(answer, kind, capsys):
+    check_close("size", answer, expected=EXPECTED, hint="not this hint")
+    line = assert_one_line(printed(capsys), "FAIL", "size")
+    assert "should be a number" in line and f"got {kind}" in line and "not this hint" not in line
+    assert_expected_not_shown(line, EXPECTED)
+
+
+@pytest.mark.parametrize("answer", [math.nan, float("nan"), "nan"])
+def test_check_close_rejects_nan(answer, capsys):
+    check_close("size", answer, expected=EXPECTED, hint="not this hint")
+    line = assert_one_line(printed(capsys), "FAIL", "size")
+    assert "NaN" in line and "not this hint" not in line
+
+
+def test_check_close_accepts_numpy_and_torch_scalars(capsys):
+    np = pytest.importorskip("numpy")
+    torch = pytest.importorskip("torch")
+    check_close("size", np.float32(EXPECTED), expected=EXPECTED, rel_tol=1e-6)
+    check_close("size", torch.tensor(EXPECTED), expected=EXPECTED, rel_tol=1e-6)
+    assert [line.split()[0] for line in printed(capsys)] == ["PASS", "PASS"]
+
+
+def test_check_close_returns_nothing(capsys):
+    # a returned True/False would show up as a stray output line under the notebook cell
+    assert check_close("size", EXPECTED, expected=EXPECTED) is None
+    assert check_close("size", 1.0, expected=EXPECTED) is None
+    assert check_close("size", ..., expected=EXPECTED) is None
+
+
+# ----------------------------------------------------------------------------------------------
+# check_choice
+
+@pytest.mark.parametrize("answer", ["stacked", "Stacked", "  STACKED\n", "\tstacked "])
+def test_check_choice_ignores_case_and_surrounding_space(answer, capsys):
+    check_choice("fastest", answer, expected="stacked", options=OPTIONS, hint="sort by latency")
+    assert_one_line(printed(capsys), "PASS", "fastest")
+
+
+def test_check_choice_normalizes_the_expected_value_and_the_options_too(capsys):
+    check_choice("fastest", "stacked", expected=" Stacked ", options=[o.upper() for o in OPTIONS])
+    assert_one_line(printed(capsys), "PASS", "fastest")
+
+
+@pytest.mark.parametrize("answer", ["single", "factorized", "bottleneck", " Single "])
+def test_check_choice_fails_on_another_option_with_the_hint(answer, capsys):
+    check_choice("fastest", answer, expected="stacked", options=OPTIONS, hint="sort by latency")
+    line = assert_one_line(printed(capsys), "FAIL", "fastest")
+    assert line.endswith("Hint: sort by latency")
+    assert_expected_not_shown(line, "stacked")
+
+
+@pytest.mark.parametrize("answer", ["inception", "stacked 3x3", "", 3])
+def test_check_choice_lists_the_options_for_an_answer_outside_them(answer, capsys):
+    check_choice("fastest", answer, expected="stacked", options=OPTIONS, hint="not this hint")
+    line = assert_one_line(printed(capsys), "FAIL", "fastest")
+    assert "choose one of: single, stacked, factorized, bottleneck" in line and "not this hint" not in line
+
+
+@pytest.mark.parametrize("answer", [..., None])
+def test_check_choice_asks_to_replace_the_placeholder(answer, capsys):
+    check_choice("fastest", answer, expected="stacked", options=OPTIONS, hint="not this hint")
+    line = assert_one_line(printed(capsys), "FAIL", "fastest")
+    assert "replace the ..." in line and "not this hint" not in line
+    assert "choose one of" not in line  # the placeholder is not an answer outside the options
+
+
+def test_check_choice_without_options(capsys):
+    check_choice("layer", "stage2.conv1", expected="stage2.conv1")
+    check_choice("layer", " STAGE2.CONV1 ", expected="stage2.conv1")
+    check_choice("layer", "stage3.conv1", expected="stage2.conv1", hint="lowest curve")
+    check_choice("count", 7, expected=7)
+    check_choice("count", 8, expected=7)
+    lines = printed(capsys)
+    assert [line.split()[0] for line in lines] == ["PASS", "PASS", "FAIL", "PASS", "FAIL"]
+    assert_expected_not_shown(lines[2], "stage2.conv1", "stage2")
+    assert_expected_not_shown(lines[4], 7)
+
+
+def test_check_choice_returns_nothing(capsys):
+    assert check_choice("fastest", "stacked", expected="stacked", options=OPTIONS) is None
+    assert check_choice("fastest", "single", expected="stacked", options=OPTIONS) is None
+    assert check_choice("fastest", "other", expected="stacked", options=OPTIONS) is None
+    assert check_choice("fastest", None, expected="stacked", options=OPTIONS) is None
