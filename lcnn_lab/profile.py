@@ -281,6 +281,8 @@ ZERO_MAC_OPS: tuple[str, ...] = (
     "aten::dropout_",
     # global average pooling written as a mean (ShuffleNetV2), and index arithmetic on shapes
     "aten::mean", "aten::floor_divide",
+    # a dtype cast: torch.nn.utils.prune's hook casts each mask before multiplying it in
+    "aten::to",
 )
 
 

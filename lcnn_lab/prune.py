@@ -20,29 +20,30 @@ Torch-Pruning's ``Importance``), so a notebook can try its own in a few lines::
 
     smaller = lab.prune.prune_filters(model, 0.5, importance=RandomImportance())
 
-Pruned weights stay pruned during fine-tuning: :func:`prune_unstructured` keeps a 0/1 mask buffer
-``weight_mask`` beside each weight and a hook that zeroes the masked gradients, so
-``lcnn_lab.train.train`` (SGD with momentum and weight decay) never brings them back.
+Pruned weights stay pruned during fine-tuning: :func:`prune_unstructured` masks them with
+``torch.nn.utils.prune``, which keeps the dense parameter ``weight_orig`` and a 0/1 buffer
+``weight_mask`` and recomputes ``weight = weight_orig * weight_mask`` before every forward pass, so
+no optimizer step can bring a pruned weight back. :func:`remove_masks` makes the zeros permanent.
 """
 from __future__ import annotations
 
 import copy
 import math
 import operator
-import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+from torch.nn.utils import prune as torch_prune
 
 __all__ = [
     # criteria
     "Importance", "MagnitudeImportance", "BNScaleImportance",
     # unstructured
-    "prune_unstructured", "remove_masks", "sparsity", "sparsity_report", "LayerSparsity",
-    "SparsityReport",
+    "prune_unstructured", "remove_masks", "masked_weight", "copy_mask", "sparsity", "sparsity_report",
+    "LayerSparsity", "SparsityReport",
     # structured
     "FilterGroup", "filter_groups", "prune_filters", "slim",
     # analysis
@@ -112,6 +113,9 @@ class Importance:
     * ``importance(group) -> Tensor[c_out]``: one score per filter of ``group.conv`` (structured);
     * ``importance.weights(module) -> Tensor`` shaped like ``module.weight``: one score per weight
       (unstructured). Criteria without a per-weight meaning may leave it unimplemented.
+
+    Read a layer's weights with :func:`masked_weight`: for a layer pruned before, that is the current
+    masked weight, whereas ``module.weight`` is only refreshed by a forward pass.
     """
 
     def __call__(self, group: FilterGroup) -> torch.Tensor:
@@ -141,12 +145,12 @@ class MagnitudeImportance(Importance):
         self.p, self.normalize = p, normalize
 
     def __call__(self, group: FilterGroup) -> torch.Tensor:
-        w = group.conv.weight.detach().float().flatten(1)      # (c_out, c_in/g * kh * kw)
+        w = masked_weight(group.conv).detach().float().flatten(1)   # (c_out, c_in/g * kh * kw)
         score = torch.linalg.vector_norm(w, ord=self.p, dim=1)  # (c_out,)
         return score / score.mean().clamp_min(1e-12) if self.normalize else score
 
     def weights(self, module: nn.Module) -> torch.Tensor:
-        return module.weight.detach().abs()
+        return masked_weight(module).detach().abs()
 
     def __repr__(self) -> str:
         return f"MagnitudeImportance(p={self.p}{', normalize=True' if self.normalize else ''})"
@@ -183,84 +187,82 @@ def _lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------
-# Unstructured pruning: masks that stay applied
-
-class _MaskGrad:
-    """Gradient hook: zero the gradient of pruned weights, so no optimizer step moves them."""
-
-    def __init__(self, module: nn.Module, name: str):
-        self.module, self.name = weakref.ref(module), name
-
-    def __call__(self, grad: torch.Tensor) -> torch.Tensor:
-        module = self.module()
-        return grad if module is None else grad * getattr(module, f"{self.name}_mask")
-
-
-class _ApplyMask:
-    """Forward pre-hook keeping ``module.weight`` equal to ``weight * weight_mask``.
-
-    Two guards, because an optimizer updates the parameter in place and outside our control:
-    the gradient of a pruned weight is zeroed (so SGD's momentum and weight decay, and Adam, leave
-    it at exactly 0), and before each forward the weight is re-masked if anything else wrote to it
-    since (``load_state_dict``, a notebook cell). A copy of the model (``copy.deepcopy``) gets new
-    parameters without the gradient hook, so the hook is re-registered on first use.
-    """
-
-    def __init__(self, name: str = "weight"):
-        self.name = name
-        self._hooked: Callable[[], Any] | None = None   # weakref to the parameter holding our grad hook
-        self._version = -1                               # its version counter after our last masking
-
-    def __getstate__(self) -> dict:
-        return {"name": self.name}   # copies and pickles start fresh: their parameter is a new one
-
-    def __setstate__(self, state: dict) -> None:
-        self.__init__(state["name"])
-
-    def __call__(self, module: nn.Module, inputs: Any) -> None:
-        w, mask = getattr(module, self.name, None), getattr(module, f"{self.name}_mask", None)
-        if not isinstance(w, torch.Tensor) or mask is None or torch.jit.is_tracing():
-            return
-        if w.requires_grad and (self._hooked is None or self._hooked() is not w):
-            w.register_hook(_MaskGrad(module, self.name))
-            self._hooked, self._version = weakref.ref(w), -1
-        if w._version != self._version:
-            with torch.no_grad():
-                w.mul_(mask)
-            self._version = w._version
-
+# Unstructured pruning: masks that stay applied (torch.nn.utils.prune)
 
 def _mask(module: nn.Module) -> torch.Tensor | None:
+    """The 0/1 mask torch.nn.utils.prune keeps for ``module.weight``, or None if it has none."""
     return getattr(module, "weight_mask", None)
 
 
+def masked_weight(module: nn.Module) -> torch.Tensor:
+    """The weight a layer computes with: ``weight_orig * weight_mask`` if it is pruned, else ``weight``.
+
+    torch.nn.utils.prune recomputes ``module.weight`` only before each forward pass, so right after
+    an optimizer step or ``load_state_dict`` it still holds the previous values; this function
+    computes it from the current ones. The result keeps its autograd history (``.detach()`` it to
+    only read it).
+    """
+    mask = _mask(module)
+    if mask is None:
+        return module.weight
+    return module.weight_orig * mask.to(module.weight_orig.dtype)
+
+
+def _detach_weight(module: nn.Module, inputs: Any, output: Any) -> None:
+    # Forward hook. torch's pruning leaves `weight` (= weight_orig * weight_mask) in the module as a
+    # tensor with autograd history, which copy.deepcopy refuses to copy. Autograd keeps its own
+    # reference for the backward pass, so between passes a detached tensor is enough.
+    if _mask(module) is not None:
+        module.weight = module.weight.detach()
+
+
 def _set_mask(module: nn.Module, mask: torch.Tensor) -> None:
-    """Attach (or replace) ``module.weight_mask`` and zero the pruned weights now."""
-    mask = mask.to(dtype=module.weight.dtype, device=module.weight.device)
-    if _mask(module) is None:
-        module.register_buffer("weight_mask", mask)
-        module.register_forward_pre_hook(_ApplyMask("weight"))
-    else:
-        module.weight_mask = mask
-    with torch.no_grad():
-        module.weight.mul_(mask)
+    """Prune ``module.weight`` with a 0/1 ``mask`` through torch.nn.utils.prune (in place).
+
+    On a layer that is already pruned, torch multiplies the new mask into the old one.
+    """
+    w = masked_weight(module)
+    torch_prune.custom_from_mask(module, "weight", mask.to(device=w.device, dtype=w.dtype))
+    _detach_weight(module, None, None)
+    if _detach_weight not in module._forward_hooks.values():
+        module.register_forward_hook(_detach_weight)
+
+
+def _unmask(module: nn.Module) -> None:
+    """Drop ``module``'s mask and hooks; ``module.weight`` becomes a parameter holding the zeros."""
+    torch_prune.remove(module, "weight")   # weight = weight_orig * weight_mask, made permanent
+    for key, hook in list(module._forward_hooks.items()):
+        if hook is _detach_weight:
+            del module._forward_hooks[key]
+
+
+def copy_mask(src: nn.Module, dst: nn.Module) -> nn.Module:
+    """Prune ``dst.weight`` with the mask of ``src``, if ``src`` is pruned (in place; returns ``dst``).
+
+    For code that replaces a pruned layer by a new one with the same weight shape, as
+    :mod:`lcnn_lab.quant` does with its fake-quantized layers: the new layer gets a copy of the mask,
+    so its pruned weights stay zero while it trains.
+    """
+    mask = _mask(src)
+    if mask is None:
+        return dst
+    if dst.weight.shape != mask.shape:
+        raise ValueError(f"cannot copy a mask of shape {tuple(mask.shape)} onto a weight of shape "
+                         f"{tuple(dst.weight.shape)}: both layers must have the same weight shape")
+    _set_mask(dst, mask.detach().clone())
+    return dst
 
 
 def remove_masks(model: nn.Module) -> nn.Module:
-    """Drop the masks and hooks of :func:`prune_unstructured` (in place), keeping the zeros.
+    """Make the pruning permanent (in place): drop the masks and hooks, keep the zeros.
 
-    Afterwards the model is an ordinary model whose pruned weights happen to be 0: its state dict
-    loads into an unpruned model, but further training can make those weights nonzero again.
+    Calls ``torch.nn.utils.prune.remove`` on every pruned layer, so ``weight`` is an ordinary
+    parameter again, equal to ``weight_orig * weight_mask``. The model's state dict then loads into
+    an unpruned model, but further training can make the pruned weights nonzero again.
     """
     for module in model.modules():
-        if _mask(module) is None:
-            continue
-        for key, hook in list(module._forward_pre_hooks.items()):
-            if isinstance(hook, _ApplyMask):
-                del module._forward_pre_hooks[key]
-        with torch.no_grad():
-            module.weight.mul_(module.weight_mask)
-        del module._buffers["weight_mask"]
+        if _mask(module) is not None:
+            _unmask(module)
     return model
 
 
@@ -278,10 +280,10 @@ def prune_unstructured(model: nn.Module, amount: float, scope: str = "layer",
             Only weights are pruned; biases and BatchNorm parameters are kept.
         importance: the criterion, scoring each weight (default :class:`MagnitudeImportance`: |w|).
 
-    The pruned weights are held at zero by a mask buffer ``weight_mask`` and hooks (see the module
-    docstring), so fine-tuning with :func:`lcnn_lab.train.train` keeps them zero. Pruning a pruned
-    model again only adds zeros: its masked weights are always pruned first, and an ``amount``
-    below a layer's current masked fraction raises ``ValueError``. The original model is untouched.
+    The pruned weights are held at zero by ``torch.nn.utils.prune`` (see the module docstring), so
+    fine-tuning with :func:`lcnn_lab.train.train` keeps them zero. Pruning a pruned model again only
+    adds zeros: its masked weights are always pruned first, and an ``amount`` below a layer's
+    current masked fraction raises ``ValueError``. The original model is untouched.
     """
     amount = _check_amount(amount)
     _check_scope(scope)
@@ -379,7 +381,7 @@ class SparsityReport:
 def sparsity_report(model: nn.Module, layers: Iterable[str] | None = None) -> SparsityReport:
     """Zeros per conv/linear weight tensor (all layers, or the named ones)."""
     return SparsityReport(tuple(
-        LayerSparsity(name, int((m.weight == 0).sum()), m.weight.numel())
+        LayerSparsity(name, int((masked_weight(m) == 0).sum()), m.weight.numel())
         for name, m in _weight_layers(model, layers)))
 
 
@@ -508,19 +510,29 @@ def _slice(module: nn.Module, name: str, keep: torch.Tensor, dim: int) -> None:
         setattr(module, name, new)   # a buffer: module.__setattr__ keeps it registered
 
 
+def _slice_weight(layer: nn.Module, keep: torch.Tensor, dim: int) -> None:
+    """Keep only entries ``keep`` of ``layer.weight`` along ``dim``, and of its pruning mask if any."""
+    mask = _mask(layer)
+    if mask is None:
+        _slice(layer, "weight", keep, dim)
+        return
+    _unmask(layer)   # slice the plain weight, then mask it again with the sliced mask
+    _slice(layer, "weight", keep, dim)
+    _set_mask(layer, mask.index_select(dim, keep.to(mask.device)))
+
+
 def _remove_channels(group: FilterGroup, keep: torch.Tensor) -> None:
     """Keep only filters ``keep`` of ``group.conv``, and the matching channels of the rest."""
     conv = group.conv
-    for name in ("weight", "bias", "weight_mask"):
-        _slice(conv, name, keep, 0)
+    _slice_weight(conv, keep, 0)
+    _slice(conv, "bias", keep, 0)
     conv.out_channels = len(keep)
     for bn in group.norms:
         for name in ("weight", "bias", "running_mean", "running_var"):
             _slice(bn, name, keep, 0)
         bn.num_features = len(keep)
     for _, layer in group.consumers:
-        for name in ("weight", "weight_mask"):
-            _slice(layer, name, keep, 1)
+        _slice_weight(layer, keep, 1)
         if isinstance(layer, nn.Conv2d):
             layer.in_channels = len(keep)
         else:
@@ -696,12 +708,12 @@ def storage_bytes(model: nn.Module, format: str = "dense", bits: int = 32, index
     for what, b in (("bits", bits), ("index_bits", index_bits)):
         if isinstance(b, bool) or not isinstance(b, int) or b < 1:
             raise ValueError(f"{what}={b!r} must be a positive int")
-    weights = {id(m.weight) for _, m in _weight_layers(model)}
-    total = 0
-    for p in model.parameters():
-        w = p.detach()
-        total += _matrix_bits(w.flatten(1) if w.ndim > 1 else w, format, bits, index_bits) \
-            if id(p) in weights else p.numel() * bits
+    total, weights = 0, set()
+    for _, m in _weight_layers(model):
+        w = masked_weight(m).detach()
+        total += _matrix_bits(w.flatten(1) if w.ndim > 1 else w, format, bits, index_bits)
+        weights.add(id(m.weight_orig if _mask(m) is not None else m.weight))   # the parameter behind it
+    total += sum(p.numel() * bits for p in model.parameters() if id(p) not in weights)
     return math.ceil(total / 8)
 
 

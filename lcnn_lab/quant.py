@@ -29,6 +29,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from .prune import copy_mask, masked_weight, remove_masks
+
 __all__ = [
     # li2023's equations
     "scale", "zero_point_as_printed", "zero_point", "quantize_as_printed", "dequantize_as_printed",
@@ -376,7 +378,8 @@ def quantize_weights(model: nn.Module, bits: int, symmetric: bool = True, per_ch
 
     To measure accuracy against bit width (li2023 §3, long2024 §4.2): weights are rounded to the
     ``bits``-bit grid and stored back as floats, so the copy runs anywhere, with float activations
-    (weight-only quantization). Biases and BatchNorm stay float32.
+    (weight-only quantization). Biases and BatchNorm stay float32. A pruned model stays pruned:
+    its zeros quantize to exactly 0 and each layer keeps its mask.
 
     * ``bits=32``: unchanged (float32).
     * ``bits=16``: a 16-bit integer grid (like every other bit width); ``fp16=True`` rounds to IEEE
@@ -387,11 +390,11 @@ def quantize_weights(model: nn.Module, bits: int, symmetric: bool = True, per_ch
     _check_model_bits(bits)
     if fp16 and bits != 16:
         raise ValueError(f"fp16=True means 16-bit floats; it needs bits=16 (got bits={bits})")
-    model = copy.deepcopy(model)
     if bits == 32:
-        return model
+        return copy.deepcopy(model)
+    quantized = remove_masks(copy.deepcopy(model))   # plain weights, holding the pruned zeros
     with torch.no_grad():
-        for _, m in _weight_layers(model):
+        for _, m in _weight_layers(quantized):
             w = m.weight
             if fp16:
                 new = w.half().float()
@@ -400,7 +403,9 @@ def quantize_weights(model: nn.Module, bits: int, symmetric: bool = True, per_ch
             else:
                 new = fake_quantize(w, bits, symmetric, per_channel and w.ndim > 1, axis=0)
             w.copy_(new)
-    return model
+    for (_, src), (_, dst) in zip(_weight_layers(model), _weight_layers(quantized)):
+        copy_mask(src, dst)
+    return quantized
 
 
 def quantized_size_bytes(model: nn.Module, bits: int, symmetric: bool = True,
@@ -414,7 +419,8 @@ def quantized_size_bytes(model: nn.Module, bits: int, symmetric: bool = True,
     ``bits`` and ignores the scales: the ideal the real figure approaches for big layers.
     """
     _check_model_bits(bits)
-    weights = {id(m.weight): m for _, m in _weight_layers(model)}
+    # the parameter behind each weight (torch.nn.utils.prune keeps a pruned one as weight_orig)
+    weights = {id(getattr(m, "weight_orig", m.weight)) for _, m in _weight_layers(model)}
     total = 0
     for p in model.parameters():
         if bits == 32 or id(p) not in weights:
@@ -530,7 +536,6 @@ def to_int8(model: nn.Module, calibration_images: torch.Tensor | int = 512, batc
                          f"{', '.join(e for e in torch.backends.quantized.supported_engines if e != 'none')}")
     if torch.backends.quantized.engine != engine:
         torch.backends.quantized.engine = engine
-    from .prune import remove_masks
     float_model = _plain_layers(remove_masks(copy.deepcopy(model).cpu().eval()))
     batches = list(_calibration_batches(calibration_images, batch_size))
     # Our own parameter-free layers (ChannelShuffle) use Python control flow that torch.fx cannot
@@ -571,10 +576,15 @@ class _FakeQuantMixin:
     per_channel: bool
 
     def quantized_weight(self) -> torch.Tensor:
-        """The weight as ``bits``-bit arithmetic sees it (binary for bits=1), with STE gradients."""
+        """The weight as ``bits``-bit arithmetic sees it (binary for bits=1), with STE gradients.
+
+        For a pruned layer that is the masked weight, recomputed now (see
+        :func:`lcnn_lab.prune.masked_weight`).
+        """
+        w = masked_weight(self)
         if self.bits == 1:
-            return binarize(self.weight, self.per_channel)
-        return fake_quantize(self.weight, self.bits, self.symmetric, self.per_channel, axis=0)
+            return binarize(w, self.per_channel)
+        return fake_quantize(w, self.bits, self.symmetric, self.per_channel, axis=0)
 
     def extra_repr(self) -> str:
         kind = "symmetric" if self.symmetric else "asymmetric"
@@ -583,7 +593,7 @@ class _FakeQuantMixin:
 
     @classmethod
     def from_float(cls, layer: nn.Module, bits: int, symmetric: bool = True, per_channel: bool = True):
-        """Wrap ``layer``: the new layer shares its parameters (and pruning mask, if any)."""
+        """Wrap ``layer``: the new layer shares its parameters and copies its pruning mask, if any."""
         if cls is FakeQuantConv2d:
             new = cls(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride,
                       layer.padding, layer.dilation, layer.groups, layer.bias is not None,
@@ -591,11 +601,11 @@ class _FakeQuantMixin:
         else:
             new = cls(layer.in_features, layer.out_features, layer.bias is not None,
                       device=layer.weight.device)
-        new.weight, new.bias = layer.weight, layer.bias
+        # share the parameters; a pruned layer's weight parameter is weight_orig (torch.nn.utils.prune)
+        new.weight, new.bias = getattr(layer, "weight_orig", layer.weight), layer.bias
         new.bits, new.symmetric, new.per_channel = _check_model_bits(bits), symmetric, per_channel
         new.train(layer.training)
-        _copy_mask(layer, new)
-        return new
+        return copy_mask(layer, new)
 
 
 class FakeQuantConv2d(_FakeQuantMixin, nn.Conv2d):
@@ -615,15 +625,6 @@ class FakeQuantLinear(_FakeQuantMixin, nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.linear(x, self.quantized_weight(), self.bias)
-
-
-def _copy_mask(src: nn.Module, dst: nn.Module) -> None:
-    # keep prune_unstructured's zeros through the swap (mask buffer + its hook)
-    from .prune import _ApplyMask
-    mask = getattr(src, "weight_mask", None)
-    if mask is not None:
-        dst.register_buffer("weight_mask", mask)
-        dst.register_forward_pre_hook(_ApplyMask("weight"))
 
 
 def _swap_layers(model: nn.Module, make) -> nn.Module:
@@ -669,8 +670,7 @@ def _strip_fake_quant(model: nn.Module) -> nn.Module:
             plain.weight = nn.Parameter(layer.quantized_weight().detach().clone())
         plain.bias = layer.bias
         plain.train(layer.training)
-        _copy_mask(layer, plain)
-        return plain
+        return copy_mask(layer, plain)   # a pruned layer stays pruned
     return _swap_layers(model, make)
 
 

@@ -55,6 +55,11 @@ class TrainConfig:
     translate: int = 2               # random translation, pixels (reflect padding)
     flip: bool = True                # random horizontal flip
     ema: float | None = None         # EMA decay per step (e.g. 0.99); None = off
+    # the fast trainers' tricks, each measured on its own (see the header of this module)
+    whiten: bool = False             # first conv = the training images' patch whitening, frozen
+    dirac: bool = False              # first c_in filters of each conv start as the identity
+    bn_momentum: float | None = None  # BatchNorm running-statistics momentum; None = the model's (0.1)
+    bias_lr: float = 1.0             # learning-rate multiplier of BatchNorm weights and biases
     evals_per_epoch: int = 1         # test-subset evaluations per epoch, for the history
     history_eval_images: int = 2_000  # test images used for the evaluations in the history
     channels_last: bool = True       # memory layout; faster convolutions on CPU (oneDNN) and GPU
@@ -221,15 +226,79 @@ def evaluate(model: nn.Module, split: str = "test", n: int | None = None, batch_
 # Training
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def _param_groups(model: nn.Module, lr: float, weight_decay: float, bias_lr: float) -> list[dict]:
     decay, no_decay = [], []
     for mod in model.modules():
         for name, p in mod.named_parameters(recurse=False):
             if not p.requires_grad:
                 continue
             # Weight decay on conv/linear weights only: decaying BN scales and biases hurts small nets.
-            (decay if name == "weight" and isinstance(mod, (nn.Conv2d, nn.Linear)) else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            # (A layer pruned with torch.nn.utils.prune keeps its weight as "weight_orig".)
+            is_weight = name in ("weight", "weight_orig") and isinstance(mod, (nn.Conv2d, nn.Linear))
+            (decay if is_weight else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay, "lr": lr, "base_lr": lr},
+            {"params": no_decay, "weight_decay": 0.0, "lr": lr * bias_lr, "base_lr": lr * bias_lr}]
+
+
+# ----------------------------------------------------------------------------------------------
+# Initialisation of a fresh model (never of a trained one: a fine-tune keeps its weights)
+
+def _stem_conv(model: nn.Module) -> nn.Conv2d | None:
+    """The first convolution, if it reads the 3 colour channels densely (groups=1)."""
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return conv if conv is not None and conv.in_channels == 3 and conv.groups == 1 else None
+
+
+@torch.no_grad()
+def whiten_stem(model: nn.Module, images: torch.Tensor, eps: float = 5e-4) -> bool:
+    """Set the first convolution to the whitening of the training images' patches, and freeze it.
+
+    Its filters become the top eigenvectors of the covariance of k x k x 3 patches, each scaled by
+    1/sqrt(eigenvalue) and used twice, with both signs (the nonlinearity that follows keeps either
+    half): the next layers start from decorrelated, equally scaled inputs (airbench's whitening
+    layer, jordan2024airbench). Returns False (and changes nothing) for a model without such a conv.
+    """
+    conv = _stem_conv(model)
+    if conv is None:
+        return False
+    kh, kw = conv.kernel_size
+    x = normalize(images[:5000].to(conv.weight.device))
+    patches = F.unfold(x, (kh, kw)).transpose(1, 2).reshape(-1, 3 * kh * kw).double()   # (N*L, 27)
+    patches = patches - patches.mean(0)
+    eigenvalues, eigenvectors = torch.linalg.eigh(patches.T @ patches / len(patches))   # ascending
+    n = min(conv.out_channels // 2, eigenvectors.shape[1])
+    filters = (eigenvectors[:, -n:] / (eigenvalues[-n:] + eps).sqrt()).T.flip(0)        # largest first
+    w = conv.weight
+    w[:2 * n] = torch.cat([filters, -filters]).reshape(2 * n, 3, kh, kw).to(w.dtype)
+    w.requires_grad_(False)
+    return True
+
+
+@torch.no_grad()
+def dirac_init(model: nn.Module) -> int:
+    """Start the first c_in filters of every dense convolution with c_out >= c_in as the identity
+    (``nn.init.dirac_``), so that a deep stack begins close to passing its input through (airbench).
+    Returns how many convolutions were changed."""
+    changed = 0
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and m.groups == 1 and m.out_channels >= m.in_channels > 3 \
+                and m.weight.requires_grad:
+            nn.init.dirac_(m.weight[:m.in_channels])
+            changed += 1
+    return changed
+
+
+def initialize(model: nn.Module, cfg: "TrainConfig | None" = None) -> nn.Module:
+    """Prepare a freshly built model for training from scratch under ``cfg`` (``whiten``, ``dirac``);
+    returns it. :func:`lcnn_lab.trained.train_model` calls it; a fine-tune must not."""
+    cfg = (cfg or TrainConfig()).resolved()
+    if cfg.whiten:
+        images, _ = device_data("train", config.get_device(cfg.device))
+        idx = fixed_subset(len(images), cfg.train_images, cfg.seed)
+        whiten_stem(model, images if idx is None else images[idx.to(images.device)])
+    if cfg.dirac:
+        dirac_init(model)
+    return model
 
 
 def _lr_factor(progress: float, warmup: float) -> float:
@@ -271,7 +340,12 @@ def train(model: nn.Module, cfg: TrainConfig | None = None, on_progress=None, **
     if cfg.channels_last and dev.type != "mps":
         model.to(memory_format=torch.channels_last)
     lr = cfg.lr * cfg.batch_size / 128
-    opt = torch.optim.SGD(_param_groups(model, cfg.weight_decay), lr=lr, momentum=cfg.momentum, nesterov=True)
+    opt = torch.optim.SGD(_param_groups(model, lr, cfg.weight_decay, cfg.bias_lr), lr=lr,
+                          momentum=cfg.momentum, nesterov=True)
+    if cfg.bn_momentum is not None:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.momentum = cfg.bn_momentum
     ema = copy.deepcopy(model).eval() if cfg.ema else None
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
@@ -295,7 +369,7 @@ def train(model: nn.Module, cfg: TrainConfig | None = None, on_progress=None, **
             x = x.contiguous(memory_format=torch.channels_last)
         progress = max(step / total_steps, seconds / cfg.max_seconds if cfg.max_seconds else 0.0)
         for g in opt.param_groups:
-            g["lr"] = lr * _lr_factor(progress, cfg.warmup)
+            g["lr"] = g["base_lr"] * _lr_factor(progress, cfg.warmup)
         loss = loss_fn(model(x), labels[batch])
         opt.zero_grad(set_to_none=True)
         loss.backward()

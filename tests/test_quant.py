@@ -1,10 +1,14 @@
 """Quantization: the survey's equations checked, our codes against torch's, real int8 inference."""
+import ast
+import copy
 import math
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils import prune as torch_prune
 
 import lcnn_lab.train as T
 from lcnn_lab import prune as P
@@ -201,6 +205,63 @@ def test_quantized_weights_keep_pruned_zeros():
             assert P.sparsity(Q.quantize_weights(pruned, bits, symmetric)) >= P.sparsity(pruned)
 
 
+def pruned_small(amount: float = 0.5) -> nn.Module:
+    seed_everything(0)
+    return P.prune_unstructured(create_model("cifar_net", width=0.25), amount)
+
+
+def masked_layers(model: nn.Module) -> dict[str, nn.Module]:
+    return {n: m for n, m in model.named_modules() if hasattr(m, "weight_mask")}
+
+
+def sgd_step(model: nn.Module) -> None:
+    """One optimizer step, and no forward pass after it (torch's pruning then has a stale `weight`)."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    model(torch.randn(4, 3, 32, 32)).square().mean().backward()
+    opt.step()
+
+
+def test_quant_uses_only_the_public_api_of_prune():
+    source = Path(Q.__file__).read_text()
+    imported = [alias.name for node in ast.walk(ast.parse(source))
+                if isinstance(node, ast.ImportFrom) and node.module and node.module.endswith("prune")
+                for alias in node.names]
+    assert imported and all(name in P.__all__ for name in imported), imported
+
+
+def test_quantized_weights_of_a_pruned_model_stay_pruned_and_current():
+    pruned = pruned_small()
+    sgd_step(pruned)
+    quantized = Q.quantize_weights(pruned, 4)
+    old = masked_layers(pruned)
+    assert list(masked_layers(quantized)) == list(old)
+    for name, m in masked_layers(quantized).items():
+        assert torch.equal(m.weight_mask, old[name].weight_mask), name
+        current = P.masked_weight(old[name]).detach()          # not the stale old[name].weight
+        assert torch.equal(P.masked_weight(m), Q.fake_quantize(current, 4, per_channel=True, axis=0)), name
+        assert not m.weight[m.weight_mask == 0].any(), name
+
+
+def test_quantized_size_counts_pruned_weights_at_the_asked_bits():
+    assert Q.quantized_size_bytes(pruned_small(), 8) == Q.quantized_size_bytes(
+        create_model("cifar_net", width=0.25), 8)
+
+
+def test_fake_quant_layers_share_a_pruned_layers_parameter_and_keep_its_mask():
+    model = pruned_small()
+    params = {n: m.weight_orig for n, m in masked_layers(model).items()}
+    Q.add_fake_quant(model, 4)
+    layers = masked_layers(model)
+    assert list(layers) == list(params)
+    for name, m in layers.items():
+        assert isinstance(m, (Q.FakeQuantConv2d, Q.FakeQuantLinear)) and m.weight_orig is params[name]
+    sgd_step(model)
+    head = model.head   # quantizes the weights as they are now, masked
+    expected = Q.fake_quantize(P.masked_weight(head), 4, per_channel=True, axis=0)
+    assert torch.equal(head.quantized_weight(), expected)
+    assert not head.quantized_weight()[head.weight_mask == 0].any()
+
+
 def test_quantized_size_counts_codes_and_scales():
     model = create_model("cifar_net", width=0.25)
     assert Q.quantized_size_bytes(model, 32) == model_size_bytes(model)
@@ -262,3 +323,22 @@ def test_qat_fine_tune_trains_weights_on_the_grid(trained):
         assert max(len(torch.unique(m.weight[c])) for c in range(m.out_channels)) <= 7   # 3 bits: -3..3
     torch.testing.assert_close(Q.quantize_weights(model, 3).head.weight, model.head.weight)
     assert not isinstance(trained.stem[0], Q.FakeQuantConv2d)      # the original is untouched
+
+
+def test_qat_fine_tune_of_a_pruned_model_keeps_its_zeros():
+    pruned = pruned_small(0.6)
+    original = copy.deepcopy(pruned)
+    model, _ = Q.qat_finetune(pruned, 3, T.TrainConfig(budget="smoke", epochs=1, train_images=256,
+                                                       eval_images=100, ema=0.9, progress=False,
+                                                       history_eval_images=100))
+    assert torch_prune.is_pruned(model)
+    old = masked_layers(pruned)
+    assert list(masked_layers(model)) == list(old)
+    for name, m in masked_layers(model).items():
+        assert type(m) in (nn.Conv2d, nn.Linear), name                     # plain layers again
+        assert torch.equal(m.weight_mask, old[name].weight_mask), name
+        assert not m.weight[m.weight_mask == 0].any(), name
+        assert max(len(torch.unique(m.weight[c])) for c in range(m.weight.shape[0])) <= 7   # 3 bits
+    assert P.sparsity(model) >= 0.6
+    for a, b in zip(pruned.state_dict().values(), original.state_dict().values()):
+        assert torch.equal(a, b)                                          # the original is untouched
