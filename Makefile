@@ -9,7 +9,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: env data book test lab bench browser clean
+.PHONY: env data book test lab bench browser results clean
 
 env: $(STAMP)
 
@@ -42,6 +42,13 @@ browser:
 		echo "installing Debian's chromium and chromium-driver for the browser tests"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+# After a change to the trainer: train every committed entry of results/ again under the current code
+# (checkpoints, training grids, recipe fine-tunes; one progress bar), drop what the code no longer
+# reads, then build the book, whose notebooks measure the rest. Commit results/ afterwards.
+results: env data
+	$(BIN)/python -c "from lcnn_lab.trained import remeasure; print(remeasure())"
+	$(MAKE) book
 
 lab: env
 	$(BIN)/jupyter lab notebooks/

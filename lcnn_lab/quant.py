@@ -29,7 +29,9 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from .data import load_cifar10, normalize
 from .prune import copy_mask, masked_weight, remove_masks
+from .train import TrainConfig, fixed_subset, train
 
 __all__ = [
     # li2023's equations
@@ -476,11 +478,9 @@ def _plain_layers(model: nn.Module) -> nn.Module:
 
 
 def _calibration_batches(images: torch.Tensor | int, batch_size: int) -> Iterator[torch.Tensor]:
-    from .data import load_cifar10, normalize
     if isinstance(images, int) and not isinstance(images, bool):
         if images < 1:
             raise ValueError(f"calibration_images={images} must be at least 1 image")
-        from .train import fixed_subset
         train_images, _ = load_cifar10("train")
         idx = fixed_subset(len(train_images), images, seed=0)
         images = train_images if idx is None else train_images[idx]
@@ -689,7 +689,6 @@ def qat_finetune(model: nn.Module, bits: int, cfg=None, symmetric: bool = True,
     fresh training run. The returned model is an ordinary float model whose weights lie exactly on
     the ``bits``-bit grid; the original model is untouched.
     """
-    from .train import TrainConfig, train
     _check_model_bits(bits)
     cfg = cfg if cfg is not None else TrainConfig(epochs=1, lr=0.02)
     qat = add_fake_quant(copy.deepcopy(model), bits, symmetric, per_channel)

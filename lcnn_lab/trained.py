@@ -16,19 +16,24 @@ the package version, so a release keeps every committed result.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
 import io
+import json
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from tqdm.auto import tqdm
+
 import torch
 from torch import nn
 
-from . import config
+from . import config, prune, quant
 from .data import data_source
 from .models import create_model, model_knobs
 from .profile import count_params
@@ -36,7 +41,7 @@ from .results import ResultsStore, key_hash, make_key, measurement_format
 from .train import Accuracy, TrainConfig, TrainResult, evaluate, train
 
 __all__ = ["train_model", "trained_accuracy", "pretrained", "checkpoint_path", "load_checkpoint",
-           "save_checkpoint", "state_hash", "finetune", "FineTune"]
+           "save_checkpoint", "state_hash", "finetune", "FineTune", "RECIPES", "remeasure"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -162,6 +167,7 @@ def pretrained(name: str = "cifar_net", budget: str | None = None, device: str |
         save_checkpoint(path, model, name, knobs, provenance)
     model.to(dev).eval()
     model.provenance = provenance
+    model.checkpoint = {"name": name, "budget": b.name, "knobs": dict(knobs)}   # what remeasure() rebuilds
     return model
 
 
@@ -182,19 +188,49 @@ class FineTune:
         return f"{self.before} before fine-tuning, {self.after} after ({self.seconds:.1f} s)"
 
 
-def finetune(base: nn.Module, transform: Callable[[nn.Module], nn.Module], cfg: TrainConfig,
-             what: str | dict, *, eval_images: int | None = None,
+def _prune(model: nn.Module, granularity: str, scope: str, amount: float) -> nn.Module:
+    """Chapter 07's pruning: weights by magnitude, or whole filters by their L1 norm."""
+    if granularity == "weight":
+        return prune.prune_unstructured(model, amount, scope=scope)
+    return prune.prune_filters(model, amount, scope=scope,
+                               importance=prune.MagnitudeImportance(p=1, normalize=scope == "global"))
+
+
+def _fake_quant(model: nn.Module, bits: int) -> nn.Module:
+    """Chapter 08's quantization-aware fine-tune: weights fake-quantized to ``bits`` (32: none, a control)."""
+    return model if bits == 32 else quant.add_fake_quant(model, bits)
+
+
+# Named changes a fine-tune can start from: a stored fine-tune that names its recipe can be measured
+# again from its key alone (``make results``); a notebook can still pass any function instead.
+RECIPES: dict[str, Callable[..., nn.Module]] = {"prune": _prune, "fake_quant": _fake_quant}
+
+
+def finetune(base: nn.Module, transform: str | Callable[[nn.Module], nn.Module], cfg: TrainConfig,
+             what: dict | str | None = None, *, eval_images: int | None = None,
              store: ResultsStore | None = None) -> FineTune:
     """Change a copy of the trained ``base`` with ``transform``, fine-tune it under ``cfg``, and keep
     the accuracy before and after in the results store.
 
-    ``what`` names the change, for the store's key (e.g. ``{"prune": "weight", "scope": "global",
-    "amount": 0.9}``): a function cannot be compared between sessions, its description can. The key
-    also holds the base's :func:`state_hash`, the fine-tune's config and ``eval_images``, the test
-    images both accuracies are measured on (a fixed subset; None = all 10,000). ``transform``
-    receives a deep copy, so ``base`` is never changed; it returns the model to fine-tune (the same
-    object or a new one). A stored result is returned without running ``transform``.
+    ``transform`` is the name of a recipe in :data:`RECIPES` with its arguments in ``what``
+    (``finetune(base, "prune", cfg, {"granularity": "weight", "scope": "global", "amount": 0.9})``), or
+    any function of a model, with ``what`` naming what it does for the store's key (a function
+    cannot be compared between sessions, its description can). The key also holds the base's
+    :func:`state_hash`, the fine-tune's config and ``eval_images``, the test images both accuracies
+    are measured on (a fixed subset; None = all 10,000). ``transform`` receives a deep copy, so
+    ``base`` is never changed, and returns the model to fine-tune. A stored result is returned
+    without running anything.
     """
+    if isinstance(transform, str):
+        if transform not in RECIPES:
+            raise ValueError(f"there is no fine-tune recipe {transform!r}; the recipes are "
+                             f"{', '.join(RECIPES)}, or pass a function of the model")
+        recipe, args = transform, dict(what or {})
+        transform = lambda m: RECIPES[recipe](m, **args)   # noqa: E731
+        what = {"recipe": recipe, **args}
+    elif what is None:
+        raise ValueError("a fine-tune by a function needs what=..., a description of the change for the "
+                         "results store's key (e.g. what={'prune': 'weight', 'amount': 0.9})")
     cfg = cfg.resolved()
     store = store if store is not None else ResultsStore()
     dev = config.get_device(cfg.device)
@@ -211,7 +247,7 @@ def finetune(base: nn.Module, transform: Callable[[nn.Module], nn.Module], cfg: 
         return ({"before": before.value, "before_se": before.se, "after": after.value, "after_se": after.se,
                  "eval_images": after.n, "params": count_params(model),
                  "nonzero_params": count_params(model, nonzero=True), "seconds": result.seconds},
-                _provenance(result))
+                {**_provenance(result), "base": getattr(base, "checkpoint", None)})
 
     entry = store.get_or_compute(key, compute)
     m = entry["metrics"]
@@ -220,3 +256,99 @@ def finetune(base: nn.Module, transform: Callable[[nn.Module], nn.Module], cfg: 
                     params=m["params"], nonzero_params=m["nonzero_params"], seconds=m["seconds"],
                     provenance=entry["provenance"])
 
+
+# ----------------------------------------------------------------------------------------------
+# Measuring the whole store again (`make results`)
+
+@contextlib.contextmanager
+def _results_at(root: Path):
+    """Point the default results store (and the checkpoints) at ``root`` inside the block."""
+    previous = os.environ.get("LCNN_RESULTS")
+    os.environ["LCNN_RESULTS"] = str(root)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("LCNN_RESULTS", None)
+        else:
+            os.environ["LCNN_RESULTS"] = previous
+
+
+def _json(d: dict) -> str:
+    return json.dumps(d, sort_keys=True)
+
+
+def remeasure(store: ResultsStore | None = None, progress: bool = True) -> dict[str, int]:
+    """Measure every committed training, checkpoint and fine-tune again under the current code.
+
+    After a change to the trainer (its measurement format bumped), the stored numbers no longer
+    match the code that would measure them. This retrains each checkpoint (:func:`pretrained`), each
+    stored (model, knobs, budget) under today's :class:`~lcnn_lab.train.TrainConfig` defaults, and each
+    fine-tune made by a recipe (from its new base), with one progress bar; then it deletes the
+    entries and checkpoint files that the current code would no longer find. Entries already
+    measured by the current code are kept, not measured twice. Returns counts of what it did.
+    """
+    store = store if store is not None else ResultsStore()
+    trains = [e["key"] for e in store.entries("train")]
+    finetunes = [e for e in store.entries("finetune")]
+    ckpt_dir = store.root / "checkpoints"
+    checkpoints = []
+    for path in sorted(ckpt_dir.glob("*.pt")) if ckpt_dir.is_dir() else []:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoints.append((path, ckpt["model"], ckpt["provenance"]["budget"], ckpt.get("knobs", {})))
+    done = {"trainings": 0, "checkpoints": 0, "finetunes": 0, "deleted": 0}
+    keep_keys, keep_files = set(), set()
+    bar = tqdm(total=len(checkpoints) + len(trains) + len(finetunes), desc="re-measuring results/",
+               disable=not progress)
+    bases = {}
+    with _results_at(store.root):
+        for path, name, budget, knobs in checkpoints:
+            bar.set_postfix_str(f"checkpoint {name} {budget}")
+            new_path = checkpoint_path(name, budget, knobs)
+            existed = load_checkpoint(new_path, create_model(name, **knobs)) is not None
+            model = pretrained(name, budget, **knobs)
+            bases[_json(model.checkpoint)] = model
+            keep_files.add(new_path)
+            done["checkpoints"] += not existed
+            bar.update(1)
+        for key in trains:
+            bar.set_postfix_str(f"train {key['model']} {key['knobs']}")
+            cfg = TrainConfig(budget=key["train"]["budget"], progress=False)
+            new_key = _train_key(key["model"], key["knobs"], cfg.resolved(), config.get_device(cfg.device))
+            if store.get(new_key) is None:
+                train_model(key["model"], cfg, store=store, **key["knobs"])
+                done["trainings"] += 1
+            keep_keys.add(key_hash(new_key))
+            bar.update(1)
+        for entry in finetunes:
+            key, origin = entry["key"], entry["provenance"].get("base")
+            what = dict(key["what"]) if isinstance(key["what"], dict) else {}
+            bar.set_postfix_str(f"fine-tune {what}")
+            if "recipe" in what and origin:
+                base = bases.get(_json(origin)) or pretrained(origin["name"], origin["budget"],
+                                                                 **origin["knobs"])
+                fields = {f.name for f in dataclasses.fields(TrainConfig)}
+                cfg = TrainConfig(**{k: v for k, v in key["train"].items() if k in fields and k != "max_seconds"},
+                                  progress=False)
+                recipe = what.pop("recipe")
+                before = len(list(store.entries("finetune")))
+                finetune(base, recipe, cfg, what, eval_images=key["eval_images"], store=store)
+                done["finetunes"] += len(list(store.entries("finetune"))) > before
+                new_key = make_key("finetune", base=state_hash(base), what={"recipe": recipe, **what},
+                                   train=cfg.resolved().key(), eval_images=key["eval_images"],
+                                   data=key["data"], device=key["device"])
+                keep_keys.add(key_hash(new_key))
+            else:                       # made by a notebook's own function: only a notebook can redo it
+                keep_keys.add(key_hash(key))
+            bar.update(1)
+    bar.close()
+    for kind in ("train", "finetune"):
+        for path in sorted((store.root / kind).glob("*.json")):
+            if path.stem not in keep_keys:
+                path.unlink()
+                done["deleted"] += 1
+    for path in sorted(ckpt_dir.glob("*.pt")) if ckpt_dir.is_dir() else []:
+        if path not in keep_files:
+            path.unlink()
+            done["deleted"] += 1
+    return done

@@ -65,6 +65,10 @@ def test_finetune_is_stored_under_the_base_hash_and_never_recomputed(tmp_path):
     assert entry["key"]["what"] == {"halve": "first conv"} and entry["key"]["format"] == 1
     with pytest.raises(TypeError, match="transform must return"):
         trained.finetune(base, lambda m: None, TINY, what="nothing", store=ResultsStore(tmp_path / "x"))
+    with pytest.raises(ValueError, match="no fine-tune recipe 'prnue'; the recipes are prune, fake_quant"):
+        trained.finetune(base, "prnue", TINY, {"amount": 0.5}, store=store)
+    with pytest.raises(ValueError, match="needs what="):
+        trained.finetune(base, halve_first_conv, TINY, store=store)
 
 
 def test_keys_carry_the_measurement_format_not_the_package_version(tmp_path, monkeypatch):
@@ -160,3 +164,30 @@ def test_pretrained_caches_with_provenance_and_rejects_bad_checkpoints(store, mo
         warnings.simplefilter("error")
         TR.pretrained("cifar_net", **SMALL)  # the retrained file is good again
     assert len(calls) == 3
+
+
+def test_remeasure_trains_the_store_again_under_the_current_code(tmp_path, monkeypatch):
+    """`make results`: a trainer change (its format bumped) re-measures every entry and drops the old."""
+    monkeypatch.setenv("LCNN_RESULTS", str(tmp_path))
+    monkeypatch.setenv("LCNN_BUDGET", "smoke")
+    tiny = {"width": 0.25}
+    base = TR.pretrained("cifar_net", "smoke", **tiny)                      # a checkpoint + its train entry
+    TR.trained_accuracy("cifar_net", TrainConfig(budget="smoke", progress=False), kernel_size=5, **tiny)
+    cfg = TrainConfig(epochs=0.25, lr=0.02, progress=False)
+    TR.finetune(base, "prune", cfg, {"granularity": "weight", "scope": "global", "amount": 0.5}, eval_images=200)
+    TR.finetune(base, lambda m: m, cfg, what={"notebook's own": "change"}, eval_images=200)
+    store = ResultsStore()
+    before = {kind: sorted(p.name for p in (tmp_path / kind).iterdir()) for kind in ("train", "finetune", "checkpoints")}
+    assert [len(v) for v in before.values()] == [2, 2, 1]
+
+    assert TR.remeasure(store, progress=False) == {"trainings": 0, "checkpoints": 0, "finetunes": 0, "deleted": 0}
+    for kind in ("train", "checkpoint", "finetune"):
+        monkeypatch.setitem(results.MEASUREMENT_FORMATS, kind, results.MEASUREMENT_FORMATS[kind] + 1)
+    done = TR.remeasure(store, progress=False)
+    assert done == {"trainings": 1, "checkpoints": 1, "finetunes": 1, "deleted": 4}   # 2 trains, 1 tune, 1 file
+    after = {kind: sorted(p.name for p in (tmp_path / kind).iterdir()) for kind in ("train", "finetune", "checkpoints")}
+    assert [len(v) for v in after.values()] == [2, 2, 1]
+    assert not set(after["train"]) & set(before["train"]) and not set(after["checkpoints"]) & set(before["checkpoints"])
+    kept = [e for e in store.entries("finetune") if "recipe" not in e["key"]["what"]]
+    assert len(kept) == 1                       # a notebook's own function: kept for the notebook to redo
+    assert all(e["key"]["format"] == results.MEASUREMENT_FORMATS["train"] for e in store.entries("train"))
