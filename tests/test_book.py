@@ -59,6 +59,43 @@ def test_internal_links_resolve(built_book):
 
 
 # ----------------------------------------------------------------------------------------------
+# Publishing: the Pages workflow, and the repository address kept in one place (_config.yml)
+
+def repository() -> dict:
+    return yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]
+
+
+def test_launch_buttons_open_the_repository_named_in_config(built_book):
+    repo = repository()
+    owner_name = repo["url"].removeprefix("https://github.com/").strip("/")
+    for f in toc_files():
+        if not f.startswith("notebooks/"):
+            continue
+        html = (built_book / _page(f)).read_text(errors="replace")
+        notebook = f if f.endswith(".ipynb") else f + ".ipynb"
+        colab = f"https://colab.research.google.com/github/{owner_name}/blob/{repo['branch']}/{notebook}"
+        assert f'href="{colab}"' in html, f"{f}: no Colab button opening {colab}"
+        assert f'href="{repo["url"]}"' in html, f"{f}: no repository button for {repo['url']}"
+        others = set(re.findall(r'https://github\.com/([\w.-]+/[\w.-]+)', html)) - {owner_name}
+        assert not others, f"{f}: links to other repositories {others}; the address belongs in _config.yml only"
+
+
+def test_pages_workflow_builds_the_book_with_make_and_deploys_it():
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "book.yml").read_text())
+    triggers = workflow.get("on", workflow.get(True))            # YAML 1.1 reads the key `on` as true
+    assert "main" in triggers["push"]["branches"]
+    assert workflow["permissions"]["pages"] == "write" and workflow["permissions"]["id-token"] == "write"
+    build, deploy = workflow["jobs"]["build"], workflow["jobs"]["deploy"]
+    uses = {step.get("uses", "").split("@")[0]: step for step in build["steps"]}
+    assert str(uses["actions/setup-python"]["with"]["python-version"]) == "3.11"
+    assert any(step.get("run", "").strip() == "make book" for step in build["steps"]), "the book is built with make book"
+    assert uses["actions/upload-pages-artifact"]["with"]["path"] == "_build/html"
+    assert deploy["needs"] == "build" and deploy["environment"]["name"] == "github-pages"
+    assert any(step.get("uses", "").startswith("actions/deploy-pages@") for step in deploy["steps"])
+    assert "LCNN_DATA" not in str(build.get("env", {})), "the runner has no data mirror: make data downloads it"
+
+
+# ----------------------------------------------------------------------------------------------
 # The built book works offline: nothing on any page is fetched from another host
 
 def built_pages(book: Path) -> list[Path]:
