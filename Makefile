@@ -23,7 +23,7 @@ $(STAMP): requirements.txt pyproject.toml
 
 # Find CIFAR-10 ($$LCNN_DATA, the cache, or download it) and decode it once into the cache.
 data: env
-	$(BIN)/python -m lcnn_lab.data
+	$(BIN)/python -m lcnn_lab data
 
 # LCNN_WIDGETS=static: every Explorer precomputes its grid into a self-contained HTML view,
 # so the web book's sliders work without a kernel.

@@ -538,13 +538,7 @@ def normalize(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch
     return (images.to(dtype) / 255 - mean) / std
 
 
-if __name__ == "__main__":  # `python -m lcnn_lab.data` (what `make data` runs): find, decode, cache, report
+if __name__ == "__main__":  # `make data` runs `python -m lcnn_lab data` (lcnn_lab/__main__.py), which does not warn
     import sys
-    try:
-        for split in SPLITS:
-            images, labels = load_cifar10(split)
-            print(f"CIFAR-10 {split}: {len(labels):,} images {tuple(images.shape[1:])}, "
-                  f"{len(torch.unique(labels))} classes")
-        print(f"source: {data_source()}")
-    except (DataNotFoundError, ValueError) as err:
-        sys.exit(f"error: {err}")
+    from lcnn_lab.__main__ import main
+    sys.exit(main(["data"]))

@@ -55,6 +55,9 @@ def chrome(tmp_path_factory):
     options.binary_location = str(CHROMIUM)
     for flag in (*CHROME_FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('chrome-profile')}"):
         options.add_argument(flag)
+    # DevTools' network events (Network.requestWillBeSent ...) in the performance log: the offline book
+    # test counts every request a page makes.
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(60)
     try:

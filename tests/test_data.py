@@ -395,3 +395,22 @@ def test_full_mirror(monkeypatch):
     monkeypatch.setattr(data, "_decode", no_decoding)
     images, labels = data.load_cifar10("train")
     assert torch.equal(labels, loaded["train"][1])
+
+
+# ----------------------------------------------------------------------------------------------
+# `make data`: the command line
+
+def test_make_data_command_reports_the_splits_without_a_warning(tmp_path):
+    """`python -m lcnn_lab data` (what `make data` runs) decodes, caches and reports, with no RuntimeWarning
+    (`python -m lcnn_lab.data` printed one: the package imports `data` before runpy runs it)."""
+    import subprocess
+    import sys
+    write_official(tmp_path / "data", make_dataset())
+    env = dict(os.environ, LCNN_DATA=str(tmp_path / "data"), LCNN_CACHE=str(tmp_path / "cache"))
+    run = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", "lcnn_lab", "data"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "Warning" not in run.stderr, run.stderr
+    assert "CIFAR-10 train: 20 images (3, 32, 32), 10 classes" in run.stdout
+    assert "CIFAR-10 test: 10 images" in run.stdout and "source:" in run.stdout
+    assert list(tmp_path.rglob("cifar10-*.npz")), "nothing was cached"
