@@ -33,9 +33,9 @@ FORMAT = 1  # the layout of an entry file; entries of another layout are ignored
 # Bump a kind's number when the code that measures it changes what it measures: its stored results
 # then no longer match and are computed again. Kinds not listed here are at 1.
 MEASUREMENT_FORMATS: dict[str, int] = {
-    "train": 1,        # lcnn_lab.train.train under a budget (the trainer's recipe)
-    "checkpoint": 1,   # weights saved by lcnn_lab.trained.pretrained
-    "finetune": 1,     # lcnn_lab.trained.finetune
+    "train": 2,        # lcnn_lab.train.train under a budget (2: whitening, dirac, bias lr, no time cap)
+    "checkpoint": 2,   # weights saved by lcnn_lab.trained.pretrained (2: trained by format-2 training)
+    "finetune": 2,     # lcnn_lab.trained.finetune (2: of a format-2 checkpoint, with the format-2 trainer)
     "imagenet": 1,     # lcnn_lab.imagenet.imagenet_stats (fvcore counts, torchvision metadata)
 }
 

@@ -38,7 +38,7 @@ from .data import data_source
 from .models import create_model, model_knobs
 from .profile import count_params
 from .results import ResultsStore, key_hash, make_key, measurement_format
-from .train import Accuracy, TrainConfig, TrainResult, evaluate, train
+from .train import Accuracy, TrainConfig, TrainResult, evaluate, initialize, train
 
 __all__ = ["train_model", "trained_accuracy", "pretrained", "checkpoint_path", "load_checkpoint",
            "save_checkpoint", "state_hash", "finetune", "FineTune", "RECIPES", "remeasure"]
@@ -73,7 +73,7 @@ def train_model(name: str, cfg: TrainConfig | None = None, store: ResultsStore |
     """
     cfg = (cfg or TrainConfig()).resolved()
     config.seed_everything(cfg.seed)  # the initial weights come from the seed too
-    model = create_model(name, **knobs)
+    model = initialize(create_model(name, **knobs), cfg)   # whitened stem, identity-started convs
     result = train(model, cfg, on_progress=on_progress)
     store = store if store is not None else ResultsStore()
     key = _train_key(name, model_knobs(model), cfg, config.get_device(cfg.device))

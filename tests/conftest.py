@@ -64,3 +64,44 @@ def chrome(tmp_path_factory):
         yield driver
     finally:
         driver.quit()
+
+
+# ----------------------------------------------------------------------------------------------
+# Every notebook executed once per test run, shared by the notebook tests and the book build
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+class ExecutedNotebooks:
+    """Each notebook run top to bottom in a fresh kernel, once per test run, as `make book` runs it (the
+    smoke budget, static Explorers, the notebook's folder as working directory). test_notebooks checks
+    their outputs; test_book builds the book from them without executing anything again."""
+
+    def __init__(self):
+        self._done: dict[str, tuple[object, str | None]] = {}
+
+    def get(self, path: Path):
+        """``(executed notebook, error or None)``: the error is one string, the notebook what ran."""
+        if path.name not in self._done:
+            import nbformat
+            from nbclient import NotebookClient
+            nb = nbformat.read(path, as_version=4)
+            saved = {k: os.environ.get(k) for k in ("LCNN_BUDGET", "LCNN_WIDGETS")}
+            os.environ.update(LCNN_BUDGET="smoke", LCNN_WIDGETS="static")   # the kernel inherits them
+            try:
+                NotebookClient(nb, timeout=900, kernel_name="python3",
+                               resources={"metadata": {"path": str(path.parent)}}).execute()
+                error = None
+            except Exception as err:  # noqa: BLE001 - reported by the test of this notebook
+                error = f"{type(err).__name__}: {err}"
+            finally:
+                for k, v in saved.items():
+                    os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+            self._done[path.name] = (nb, error)
+        return self._done[path.name]
+
+
+@pytest.fixture(scope="session")
+def executed_notebooks() -> ExecutedNotebooks:
+    return ExecutedNotebooks()

@@ -1,6 +1,7 @@
 """The book builds: Jupyter Book 1.x, warnings are errors, notebooks executed at the smoke budget."""
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,11 +28,24 @@ def test_every_notebook_is_in_the_toc():
 
 
 @pytest.fixture(scope="session")
-def built_book(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("book")
+def built_book(tmp_path_factory, executed_notebooks) -> Path:
+    """The book built as `make book` builds it, at the smoke budget, from the notebooks the notebook tests
+    executed (each notebook runs once per test run): a copy of the sources with those executed
+    notebooks in place, and execution switched off in its _config.yml."""
+    import nbformat
+    src, out = tmp_path_factory.mktemp("book-src") / "lcnn-lab", tmp_path_factory.mktemp("book")
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", ".git", "_build", "results", "tests",
+                                                             "benchmarks", ".ci", ".ipynb_checkpoints"))
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        nb, error = executed_notebooks.get(path)
+        assert error is None, f"{path.name} stopped with an error, so the book cannot be built:\n{error[-4000:]}"
+        nbformat.write(nb, src / "notebooks" / path.name)
+    cfg = yaml.safe_load((src / "_config.yml").read_text())
+    cfg["execute"]["execute_notebooks"] = "off"
+    (src / "_config.yml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     env = dict(os.environ, LCNN_BUDGET="smoke", LCNN_WIDGETS="static")  # as `make book` does, at the smoke budget
     proc = subprocess.run(
-        [str(JB), "build", str(ROOT), "--path-output", str(out), "--warningiserror", "--nitpick", "--keep-going"],
+        [str(JB), "build", str(src), "--path-output", str(out), "--warningiserror", "--nitpick", "--keep-going"],
         env=env, capture_output=True, text=True, timeout=1800)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "build succeeded" in log, f"book build failed:\n{log[-6000:]}"

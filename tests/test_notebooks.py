@@ -4,7 +4,6 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 
@@ -83,11 +82,9 @@ def output_problems(nb) -> list[str]:
 
 @pytest.mark.skipif(not NOTEBOOKS, reason="no notebooks in notebooks/ yet")
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs(path, monkeypatch):
-    monkeypatch.setenv("LCNN_BUDGET", "smoke")  # the kernel inherits this process's environment
-    nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=600, kernel_name="python3",
-                   resources={"metadata": {"path": str(path.parent)}}).execute()  # raises if a cell raises
+def test_notebook_runs(path, executed_notebooks):
+    nb, error = executed_notebooks.get(path)   # run once per test run (conftest.py); the book reuses it
+    assert error is None, f"{path.name} stopped with an error:\n{error[-4000:]}"
     problems = output_problems(nb)
     assert not problems, "\n".join(problems)
 
