@@ -62,7 +62,8 @@ def test_finetune_is_stored_under_the_base_hash_and_never_recomputed(tmp_path):
     trained.finetune(other, halve_first_conv, TINY, what={"halve": "first conv"}, eval_images=200, store=store)
     assert calls == [1, 1]
     (entry,) = [e for e in store.entries("finetune") if e["key"]["base"] == trained.state_hash(base)]
-    assert entry["key"]["what"] == {"halve": "first conv"} and entry["key"]["format"] == 1
+    assert entry["key"]["what"] == {"halve": "first conv"}
+    assert entry["key"]["format"] == results.measurement_format("finetune")
     with pytest.raises(TypeError, match="transform must return"):
         trained.finetune(base, lambda m: None, TINY, what="nothing", store=ResultsStore(tmp_path / "x"))
     with pytest.raises(ValueError, match="no fine-tune recipe 'prnue'; the recipes are prune, fake_quant"):
@@ -78,7 +79,8 @@ def test_keys_carry_the_measurement_format_not_the_package_version(tmp_path, mon
     store.put(key, {"accuracy": 0.5})
     monkeypatch.setattr(lcnn_lab, "__version__", "9.9.9")           # a release keeps every result
     assert store.get(make_key("train", model="m"))["metrics"] == {"accuracy": 0.5}
-    monkeypatch.setitem(results.MEASUREMENT_FORMATS, "train", 2)    # a changed measurement does not
+    monkeypatch.setitem(results.MEASUREMENT_FORMATS, "train", results.MEASUREMENT_FORMATS["train"] + 1)
+    # ... and a changed measurement does not
     assert store.get(make_key("train", model="m")) is None
 
 
@@ -104,8 +106,9 @@ def test_a_checkpoint_of_another_format_is_retrained_not_loaded(tmp_path, monkey
     model = create_model("cifar_net", **SMALL)
     trained.save_checkpoint(path, model, "cifar_net", SMALL, {"accuracy": 0.1})
     assert trained.load_checkpoint(path, create_model("cifar_net", **SMALL)) == {"accuracy": 0.1}
+    fmt = results.measurement_format("checkpoint")
     monkeypatch.setitem(results.MEASUREMENT_FORMATS, "checkpoint", 99)
-    with pytest.warns(UserWarning, match="checkpoint format 1"):
+    with pytest.warns(UserWarning, match=f"checkpoint format {fmt}, this lcnn_lab reads format 99"):
         assert trained.load_checkpoint(path, create_model("cifar_net", **SMALL)) is None
 
 
