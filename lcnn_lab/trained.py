@@ -206,6 +206,12 @@ def _fake_quant(model: nn.Module, bits: int) -> nn.Module:
 RECIPES: dict[str, Callable[..., nn.Module]] = {"prune": _prune, "fake_quant": _fake_quant}
 
 
+def _finetune_key(base: nn.Module, what: dict | str, cfg: TrainConfig, eval_images: int | None) -> dict:
+    cfg = cfg.resolved()
+    return make_key("finetune", base=state_hash(base), what=what, train=cfg.key(), eval_images=eval_images,
+                    data=data_source().kind, device=config.get_device(cfg.device).type)
+
+
 def finetune(base: nn.Module, transform: str | Callable[[nn.Module], nn.Module], cfg: TrainConfig,
              what: dict | str | None = None, *, eval_images: int | None = None,
              store: ResultsStore | None = None) -> FineTune:
@@ -234,8 +240,7 @@ def finetune(base: nn.Module, transform: str | Callable[[nn.Module], nn.Module],
     cfg = cfg.resolved()
     store = store if store is not None else ResultsStore()
     dev = config.get_device(cfg.device)
-    key = make_key("finetune", base=state_hash(base), what=what, train=cfg.key(), eval_images=eval_images,
-                   data=data_source().kind, device=dev.type)
+    key = _finetune_key(base, what, cfg, eval_images)
 
     def compute() -> tuple[dict, dict]:
         model = transform(copy.deepcopy(base))
@@ -330,13 +335,11 @@ def remeasure(store: ResultsStore | None = None, progress: bool = True) -> dict[
                 fields = {f.name for f in dataclasses.fields(TrainConfig)}
                 cfg = TrainConfig(**{k: v for k, v in key["train"].items() if k in fields and k != "max_seconds"},
                                   progress=False)
-                recipe = what.pop("recipe")
-                before = len(list(store.entries("finetune")))
-                finetune(base, recipe, cfg, what, eval_images=key["eval_images"], store=store)
-                done["finetunes"] += len(list(store.entries("finetune"))) > before
-                new_key = make_key("finetune", base=state_hash(base), what={"recipe": recipe, **what},
-                                   train=cfg.resolved().key(), eval_images=key["eval_images"],
-                                   data=key["data"], device=key["device"])
+                new_key = _finetune_key(base, what, cfg, key["eval_images"])
+                if store.get(new_key) is None:
+                    args = {k: v for k, v in what.items() if k != "recipe"}
+                    finetune(base, what["recipe"], cfg, args, eval_images=key["eval_images"], store=store)
+                    done["finetunes"] += 1
                 keep_keys.add(key_hash(new_key))
             else:                       # made by a notebook's own function: only a notebook can redo it
                 keep_keys.add(key_hash(key))
