@@ -6,5 +6,5 @@
 """
 __version__ = "0.1.0"
 
-from . import (config, data, exercises, imagenet, layers, models, profile, prune, quant, render,  # noqa: E402,F401
-               results, train, trained, units, widgets)
+from . import (config, data, exercises, features, imagenet, layers, models, profile, prune, quant,  # noqa: E402,F401
+               render, results, train, trained, units, widgets)

@@ -43,3 +43,48 @@ def check_choice(title: str, answer: Any, expected: Any, options: tuple | list |
     if options is not None and norm(answer) not in [norm(o) for o in options]:
         return _report(title, False, f"choose one of: {', '.join(map(str, options))}")
     return _report(title, norm(answer) == norm(expected), hint)
+
+
+def check_count(title: str, answer: Any, module: Any, what: str = "params",
+                input_size: tuple = (1, 3, 32, 32), hint: str = "") -> None:
+    """Pass when ``answer`` equals what ``module`` has of ``what``, counted here by lcnn_lab:
+    ``"params"``, ``"macs"`` (multiplications, per ``input_size``) or ``"adder_ops"``. The check cell
+    shows the module, never the count or the formula."""
+    from . import profile   # the checks stay importable without the measuring code's dependencies
+    counters = {"params": lambda: profile.count_params(module),
+                "macs": lambda: profile.count_macs(module, input_size).total,
+                "adder_ops": lambda: profile.count_adder_ops(module, input_size)}
+    if what not in counters:
+        raise ValueError(f"what={what!r} must be one of {', '.join(counters)}")
+    return check_close(title, answer, expected=counters[what](), rel_tol=0.0, hint=hint)
+
+
+def check_prediction(title: str, prediction: Any, measured: float, rel_tol: float = 0.25,
+                     hint: str = "") -> None:
+    """Predict, then measure: pass when ``prediction`` is within ``rel_tol`` of ``measured`` (a number
+    this run measured and has already shown). Either way the line says how far off it was, because
+    the point is the next step: explaining the difference."""
+    if prediction is None or prediction is ...:
+        return _report(title, False, "write your prediction in place of the ... (before looking at "
+                                     "the measurement), then run this cell again")
+    try:
+        value = float(prediction)
+    except (TypeError, ValueError):
+        return _report(title, False, f"the prediction should be a number, got {type(prediction).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        return _report(title, False, "a ratio of two latencies is a positive number")
+    factor = max(value / measured, measured / value)
+    ok = math.isclose(value, measured, rel_tol=rel_tol)
+    verdict = f"{title} (your prediction {value:g} is within {factor:.2f}x of the measurement)" if ok else \
+        f"{title}: your prediction {value:g} is {factor:.2f}x off the measurement"
+    print(f"PASS  {verdict}" if ok else f"FAIL  {verdict}. Hint: {hint}")
+
+
+def check_largest(title: str, answer: Any, values: Any, hint: str = "") -> None:
+    """Pass when ``answer`` names the entry of ``values`` (a dict or pandas Series of numbers this run
+    measured) with the largest value: reading a measurement, not recalling a formula."""
+    items = dict(values.items())
+    if not items:
+        raise ValueError("check_largest needs at least one measured value")
+    best = max(items, key=lambda k: items[k])
+    return check_choice(title, answer, expected=best, options=tuple(items), hint=hint)

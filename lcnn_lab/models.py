@@ -9,7 +9,8 @@ its config as ``model.config`` and results can be keyed by ``(name, knobs)``:
 
 ``cifar_net`` is the book's baseline, after airbench94 (Jordan 2024): a 3 x 3 stem and three
 conv-pool stages, small enough to train on a 2-core CPU. Its knobs swap every stage convolution for
-one of the variants of :mod:`lcnn_lab.layers` (long2024 §2.1-2.2), so one widget can compare them.
+one of the variants of :mod:`lcnn_lab.layers` (long2024 §2.1-2.3), so one widget can compare them;
+the stem and the classifier stay as they are (AdderNet, too, keeps its first and last layers).
 ``lenet`` is the classic PyTorch tutorial network (after LeCun et al. 1998), a reference point.
 All models take a normalised float batch ``(B, 3, 32, 32)`` and return logits ``(B, 10)``.
 """
@@ -67,7 +68,8 @@ class CifarNetConfig(NetConfig):
     """Knobs of ``cifar_net``. The stem is always a standard 3 x 3 conv (it sees only 3 channels)."""
     name: ClassVar[str] = "cifar_net"
     kernel_size: int = 3     # k of every stage convolution: 1, 3, 5, 7 or 9
-    design: str = "single"   # "single" | "stacked" | "factorized" | "bottleneck" (see layers.DESIGNS)
+    design: str = "single"   # "single" | "stacked" | "factorized" | "bottleneck" | "ghost2" | "ghost3"
+                             # | "ghost4" | "adder" (see layers.DESIGNS)
     groups: int | str = 1    # group count g of the stage convs, or "depthwise" (depthwise-separable)
     shuffle: bool = False    # channel shuffle after each grouped conv (needs int groups > 1)
     width: float = 1.0       # width multiplier: every width x this, rounded to a multiple of 8

@@ -58,11 +58,12 @@ __all__ = [
     "conv2d_params", "conv2d_macs", "linear_params", "linear_macs",
     "depthwise_separable_params", "depthwise_separable_macs", "stacked3x3_params", "stacked3x3_macs",
     "factorized_params", "factorized_macs", "bottleneck_params", "bottleneck_macs",
+    "ghost_params", "ghost_macs", "ghost_speedup", "adder_ops",
     "conv_variant_params", "conv_variant_macs", "receptive_field",
     # measurements
     "ZERO_MAC_OPS", "MacCount", "Latency", "Profile", "Measurement", "LatencyComparison",
     "count_params", "count_macs", "formula_macs", "model_size_bytes", "measure_latency", "profile",
-    "measure", "compare_latency",
+    "measure", "compare_latency", "count_adder_ops",
 ]
 
 Size = int | Sequence[int]
@@ -156,12 +157,44 @@ def bottleneck_macs(c_in: int, c_out: int, k: int, h: int, w: int, reduction: in
     return bottleneck_params(c_in, c_out, k, reduction, groups) * h * w
 
 
+def ghost_params(c_in: int, c_out: int, k: int, ratio: int = 2, dw_kernel: int = 3) -> int:
+    """A Ghost module (Han et al. 2020): a k x k conv to m = ceil(c_out / s) intrinsic maps, then s - 1
+    depthwise d x d filters per intrinsic map: ``k^2*c_in*m + d^2*m*(s-1)``."""
+    m = -(-c_out // ratio)
+    return conv2d_params(c_in, m, k) + conv2d_params(m, m * (ratio - 1), dw_kernel, groups=m)
+
+
+def ghost_macs(c_in: int, c_out: int, k: int, h: int, w: int, ratio: int = 2, dw_kernel: int = 3) -> int:
+    """``h * w`` times :func:`ghost_params` (every part keeps h x w)."""
+    return ghost_params(c_in, c_out, k, ratio, dw_kernel) * h * w
+
+
+def ghost_speedup(c_in: int, k: int, ratio: int = 2, dw_kernel: int = 3) -> float:
+    """The GhostNet paper's theoretical speed-up of a Ghost module over the convolution it replaces
+    (Han et al. 2020, eq. 4), for ``c_out`` divisible by ``ratio``: ``s*c*k^2 / (c*k^2 + (s-1)*d^2)``,
+    which tends to s when ``c*k^2 >> d^2``."""
+    s, d = ratio, dw_kernel
+    return s * c_in * k * k / (c_in * k * k + (s - 1) * d * d)
+
+
+def adder_ops(c_in: int, c_out: int, k: int, h: int, w: int) -> int:
+    """Operations of an adder layer (Chen et al. 2020) on an ``h x w`` output: for every output value
+    and every one of its c_in*k^2 inputs, one subtraction, one absolute value and one addition, where
+    a convolution does one multiply-accumulate. Returns that count, ``c_in*k^2*c_out*h*w``: the same
+    number as a convolution's MACs, with no multiplication among them."""
+    return conv2d_macs(c_in, c_out, k, h, w)
+
+
 def conv_variant_params(c_in: int, c_out: int, k: int, design: str = "single",
                         groups: int | str = 1) -> int:
     """Parameters of ``layers.make_conv(c_in, c_out, k, design, groups)``, from the formulas above."""
     if groups == "depthwise":
         return depthwise_separable_params(c_in, c_out, k)
+    ghosts = {f"ghost{s}": s for s in (2, 3, 4)}
+    if design in ghosts:
+        return ghost_params(c_in, c_out, k, ghosts[design])
     formulas = {"single": lambda: conv2d_params(c_in, c_out, k, groups),
+                "adder": lambda: conv2d_params(c_in, c_out, k),   # the weights of a conv, used differently
                 "stacked": lambda: stacked3x3_params(c_in, c_out, k, groups),
                 "factorized": lambda: factorized_params(c_in, c_out, k, groups),
                 "bottleneck": lambda: bottleneck_params(c_in, c_out, k, groups=groups)}
@@ -172,7 +205,12 @@ def conv_variant_params(c_in: int, c_out: int, k: int, design: str = "single",
 
 def conv_variant_macs(c_in: int, c_out: int, k: int, h: int, w: int, design: str = "single",
                       groups: int | str = 1) -> int:
-    """MACs of ``layers.make_conv(c_in, c_out, k, design, groups)`` on an ``h x w`` map (stride 1)."""
+    """MACs of ``layers.make_conv(c_in, c_out, k, design, groups)`` on an ``h x w`` map (stride 1).
+
+    An adder layer has no multiplications: 0 MACs (its operations are :func:`adder_ops`)."""
+    if design == "adder":
+        conv_variant_params(c_in, c_out, k, design, groups)   # validates the arguments
+        return 0
     # Every variant keeps h x w at every layer, so MACs are its weight count times h * w.
     return conv_variant_params(c_in, c_out, k, design, groups) * h * w
 
@@ -283,6 +321,9 @@ ZERO_MAC_OPS: tuple[str, ...] = (
     "aten::mean", "aten::floor_divide",
     # a dtype cast: torch.nn.utils.prune's hook casts each mask before multiplying it in
     "aten::to",
+    # a Ghost module cuts its concatenated maps to c_out; an adder layer unfolds its input windows
+    # (im2col, also what a convolution does internally), broadcasts its filters and negates
+    "aten::slice", "aten::im2col", "aten::unsqueeze", "aten::expand", "aten::neg",
 )
 
 
@@ -422,6 +463,27 @@ def formula_macs(model: nn.Module, input_size: Sequence[int] = (1, 3, 32, 32)) -
     finally:
         for hook in hooks:
             hook.remove()
+    return total
+
+
+def count_adder_ops(model: nn.Module, input_size: Sequence[int] = (1, 3, 32, 32)) -> int:
+    """Subtract-abs-accumulate operations of every :class:`~lcnn_lab.layers.AdderConv2d` in ``model``
+    (:func:`adder_ops` per layer, output sizes read by forward hooks): what fvcore cannot count."""
+    from .layers import AdderConv2d   # layers does not import profile; keep it that way
+    total = 0
+
+    def hook(m: AdderConv2d, inputs, out: torch.Tensor) -> None:
+        nonlocal total
+        b, _, h_out, w_out = out.shape
+        total += b * adder_ops(m.in_channels, m.out_channels, m.kernel_size, h_out, w_out)
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, AdderConv2d)]
+    try:
+        with _eval_mode(model), torch.no_grad(), _torch_threads(1):
+            model(torch.zeros(tuple(input_size), device=_model_device(model)))
+    finally:
+        for h in hooks:
+            h.remove()
     return total
 
 

@@ -271,8 +271,11 @@ def panel(title: str, knob_text: str, baseline_text: str, current: Measurement |
         cells = []
         if "cost" in rows:
             cells.append(_row("params", "params", f.get("params", "…"), "", change("params"), good("params")))
-            cells.append(_row("MACs", "macs", f.get("macs", "…"), "per image; FLOPs = 2 × MACs",
-                              change("macs"), good("macs")))
+            uncounted = current.profile.uncounted if current is not None else {}
+            macs_note = "per image; FLOPs = 2 × MACs" + (
+                f"; NOT counted: {', '.join(f'{op} ×{n}' for op, n in uncounted.items())}"
+                if uncounted else "")
+            cells.append(_row("MACs", "macs", f.get("macs", "…"), macs_note, change("macs"), good("macs")))
             cells.append(_row("size", "size", f.get("size", "…"), "parameters stored densely",
                               change("size_bytes"), good("size_bytes")))
         if "latency" in rows:

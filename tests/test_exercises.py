@@ -148,3 +148,44 @@ def test_check_choice_returns_nothing(capsys):
     assert check_choice("fastest", "single", expected="stacked", options=OPTIONS) is None
     assert check_choice("fastest", "other", expected="stacked", options=OPTIONS) is None
     assert check_choice("fastest", None, expected="stacked", options=OPTIONS) is None
+
+
+# ----------------------------------------------------------------------------------------------
+# Checks that measure the object they are given (chapter 03)
+
+def test_check_count_counts_the_module_itself(capsys):
+    import torch
+    from lcnn_lab.exercises import check_count
+    conv = torch.nn.Conv2d(4, 8, 3, bias=False)          # 288 params, 288*30*30 MACs on 32x32
+    check_count("params", 288, conv, "params")
+    check_count("params", 289, conv, "params", hint="k*k*c_in*c_out")
+    check_count("macs", 288 * 30 * 30, conv, "macs", input_size=(1, 4, 32, 32))
+    lines = printed(capsys)
+    assert [line.split()[0] for line in lines] == ["PASS", "FAIL", "PASS"]
+    assert_expected_not_shown(lines[1], 288)
+    with pytest.raises(ValueError, match="what='flops' must be one of params, macs, adder_ops"):
+        check_count("x", 1, conv, "flops")
+
+
+def test_check_prediction_says_how_far_off(capsys):
+    from lcnn_lab.exercises import check_prediction
+    check_prediction("ratio", 0.5, measured=0.55, rel_tol=0.2)
+    check_prediction("ratio", 0.5, measured=1.5, rel_tol=0.2, hint="MACs are not time")
+    check_prediction("ratio", ..., measured=1.5)
+    check_prediction("ratio", -1, measured=1.5)
+    lines = printed(capsys)
+    assert [line.split()[0] for line in lines] == ["PASS", "FAIL", "FAIL", "FAIL"]
+    assert "3.00x off" in lines[1] and lines[1].endswith("Hint: MACs are not time")
+    assert "before looking at the measurement" in lines[2]
+
+
+def test_check_largest_reads_the_measurement(capsys):
+    from lcnn_lab.exercises import check_largest
+    shares = {"primary": 0.87, "cheap": 9.1}
+    check_largest("slow part", "cheap", shares)
+    check_largest("slow part", "primary", shares, hint="compare the columns")
+    check_largest("slow part", "depthwise", shares)
+    lines = printed(capsys)
+    assert [line.split()[0] for line in lines] == ["PASS", "FAIL", "FAIL"]
+    assert lines[2].endswith("choose one of: primary, cheap")
+    assert_expected_not_shown(lines[1], "cheap")
