@@ -7,4 +7,4 @@
 __version__ = "0.1.0"
 
 from . import (config, data, exercises, features, imagenet, layers, models, profile, prune, quant,  # noqa: E402,F401
-               render, results, train, trained, units, widgets)
+               render, reparam, results, train, trained, units, widgets)

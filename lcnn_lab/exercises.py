@@ -88,3 +88,25 @@ def check_largest(title: str, answer: Any, values: Any, hint: str = "") -> None:
         raise ValueError("check_largest needs at least one measured value")
     best = max(items, key=lambda k: items[k])
     return check_choice(title, answer, expected=best, options=tuple(items), hint=hint)
+
+
+def check_fused(title: str, weight: Any, bias: Any, module: Any, hint: str = "") -> None:
+    """Pass when ``weight`` and ``bias`` are the kernel and bias of the one convolution that computes
+    what ``module`` computes in eval mode (``nn.Sequential(conv, batchnorm)``, a
+    :class:`~lcnn_lab.reparam.RepVGGBlock`, ...), as :func:`lcnn_lab.reparam.equivalent_conv` folds it,
+    to float32 rounding. The check cell shows the module, never the folded numbers."""
+    import torch                      # the checks stay importable without torch
+    from .reparam import equivalent_conv
+    if any(v is None or v is ... for v in (weight, bias)):
+        return _report(title, False, "replace the ... (or None) with your answer, then run this cell again")
+    if not (isinstance(weight, torch.Tensor) and isinstance(bias, torch.Tensor)):
+        return _report(title, False, f"the weight and the bias should be tensors, got "
+                                     f"{type(weight).__name__} and {type(bias).__name__}")
+    conv = equivalent_conv(module)
+    for name, got, want in (("weight", weight, conv.weight), ("bias", bias, conv.bias)):
+        if tuple(got.shape) != tuple(want.shape):
+            return _report(title, False, f"the {name} should have shape {tuple(want.shape)}, "
+                                         f"got {tuple(got.shape)}")
+    ok = all(torch.allclose(got.detach().double().cpu(), want.detach().double().cpu(), rtol=1e-4, atol=1e-6)
+             for got, want in ((weight, conv.weight), (bias, conv.bias)))
+    return _report(title, ok, hint)

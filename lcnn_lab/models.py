@@ -11,6 +11,8 @@ its config as ``model.config`` and results can be keyed by ``(name, knobs)``:
 conv-pool stages, small enough to train on a 2-core CPU. Its knobs swap every stage convolution for
 one of the variants of :mod:`lcnn_lab.layers` (long2024 §2.1-2.3), so one widget can compare them;
 the stem and the classifier stay as they are (AdderNet, too, keeps its first and last layers).
+``repvgg_net`` is cifar_net's shape built from RepVGG blocks (long2024 §2.4): three branches while
+training, one 3 x 3 convolution each after :func:`lcnn_lab.reparam.reparameterize`.
 ``lenet`` is the classic PyTorch tutorial network (after LeCun et al. 1998), a reference point.
 All models take a normalised float batch ``(B, 3, 32, 32)`` and return logits ``(B, 10)``.
 """
@@ -26,8 +28,9 @@ from torch import nn
 
 from .config import is_positive_int
 from .layers import ConvKxK, check_design, check_kernel_size, make_conv
+from .reparam import RepVGGBlock
 
-__all__ = ["NetConfig", "CifarNetConfig", "LeNetConfig", "CifarNet", "LeNet",
+__all__ = ["NetConfig", "CifarNetConfig", "RepVGGNetConfig", "LeNetConfig", "CifarNet", "RepVGGNet", "LeNet",
            "create_model", "from_config", "list_models", "model_knobs", "CIFAR_NET_WIDTHS"]
 
 NUM_CLASSES = 10
@@ -94,6 +97,29 @@ class CifarNetConfig(NetConfig):
     def widths(self) -> tuple[int, ...]:
         """Channel widths (stem, stage 1, stage 2, stage 3) after the width multiplier."""
         return tuple(_round_width(c * self.width) for c in CIFAR_NET_WIDTHS)
+
+
+@dataclass(frozen=True)
+class RepVGGNetConfig(NetConfig):
+    """Knobs of ``repvgg_net``: the branches of its training-time blocks (RepVGG, long2024 §2.4).
+
+    Every block (the stem too) gets the same branches; the identity branch appears only where a
+    block keeps its shape (stride 1, as many output as input channels). The deployed form is
+    ``lcnn_lab.reparam.reparameterize(model)``, not a knob: it is the same trained function.
+    """
+    name: ClassVar[str] = "repvgg_net"
+    conv3x3: bool = True     # a 3 x 3 conv + BN branch in every block
+    conv1x1: bool = True     # a 1 x 1 conv + BN branch in every block
+    identity: bool = True    # a BN-only identity branch in every block whose shape allows it
+
+    def __post_init__(self):
+        for knob in ("conv3x3", "conv1x1", "identity"):
+            if not isinstance(getattr(self, knob), bool):
+                raise ValueError(f"repvgg_net knob {knob}={getattr(self, knob)!r} must be True or False")
+        if not (self.conv3x3 or self.conv1x1):
+            raise ValueError("repvgg_net needs conv3x3 or conv1x1: the stem and the first block of each "
+                             "stage change the channel count or the resolution, where an identity branch "
+                             "cannot exist, so those blocks would have no branch at all")
 
 
 @dataclass(frozen=True)
@@ -175,6 +201,55 @@ class CifarNet(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
+# repvgg_net
+
+class RepVGGNet(nn.Module):
+    """cifar_net's widths and depth built from RepVGG blocks (Ding et al. 2021; long2024 §2.4).
+
+    ========  ===============================================  =====================
+    part      layers                                           output (B, C, H, W)
+    ========  ===============================================  =====================
+    stem      block (3 -> w0) -> GELU                          (B, w0, 32, 32)
+    stage i   block (stride 2) -> GELU -> block -> GELU        (B, wi, 32/2^i, ...)
+    head      global max-pool -> linear                        (B, 10)
+    ========  ===============================================  =====================
+
+    Each block is a :class:`lcnn_lab.reparam.RepVGGBlock` with the config's branches. As in RepVGG,
+    each stage starts with a stride-2 block (where cifar_net pools), so only the second block of a
+    stage can have an identity branch. Deployed (:func:`lcnn_lab.reparam.reparameterize`), the network
+    is seven 3 x 3 convolutions with biases and GELUs, the plain VGG-like chain of RepVGG; GELU rather
+    than RepVGG's ReLU keeps the activation of cifar_net, which the trainer is tuned for.
+    """
+
+    def __init__(self, config: RepVGGNetConfig = RepVGGNetConfig()):
+        super().__init__()
+        self.config = config
+        w0, *stage_widths = CIFAR_NET_WIDTHS
+        self.stem = nn.Sequential(OrderedDict(block=self._block(3, w0, 1), act=nn.GELU()))
+        c_in = w0
+        for i, c_out in enumerate(stage_widths, start=1):
+            self.add_module(f"stage{i}", nn.Sequential(OrderedDict(
+                block1=self._block(c_in, c_out, 2), act1=nn.GELU(),
+                block2=self._block(c_out, c_out, 1), act2=nn.GELU())))
+            c_in = c_out
+        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.head = nn.Linear(c_in, NUM_CLASSES)
+
+    def _block(self, c_in: int, c_out: int, stride: int) -> RepVGGBlock:
+        cfg = self.config
+        return RepVGGBlock(c_in, c_out, stride, conv3x3=cfg.conv3x3, conv1x1=cfg.conv1x1,
+                           identity=cfg.identity)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)                 # (B, w0, 32, 32)
+        x = self.stage1(x)               # (B, w1, 16, 16)
+        x = self.stage2(x)               # (B, w2, 8, 8)
+        x = self.stage3(x)               # (B, w3, 4, 4)
+        x = self.pool(x).flatten(1)      # (B, w3)
+        return self.head(x) * HEAD_SCALE  # (B, 10)
+
+
+# ----------------------------------------------------------------------------------------------
 # lenet
 
 class LeNet(nn.Module):
@@ -210,6 +285,7 @@ class LeNet(nn.Module):
 _MODELS: dict[str, tuple[type[NetConfig], Callable[[Any], nn.Module]]] = {
     "cifar_net": (CifarNetConfig, CifarNet),
     "lenet": (LeNetConfig, LeNet),
+    "repvgg_net": (RepVGGNetConfig, RepVGGNet),
 }
 
 

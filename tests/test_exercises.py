@@ -189,3 +189,37 @@ def test_check_largest_reads_the_measurement(capsys):
     assert [line.split()[0] for line in lines] == ["PASS", "FAIL", "FAIL"]
     assert lines[2].endswith("choose one of: primary, cheap")
     assert_expected_not_shown(lines[1], "cheap")
+
+
+def test_check_fused_compares_with_the_folded_convolution(capsys):
+    import torch
+    from torch import nn
+
+    from lcnn_lab.exercises import check_fused
+    torch.manual_seed(0)
+    conv, bn = nn.Conv2d(2, 3, 3, bias=False), nn.BatchNorm2d(3, eps=1e-3)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([0.5, 1.5, 2.0]))
+        bn.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+        bn.running_mean.copy_(torch.tensor([1.0, -2.0, 0.5]))
+        bn.running_var.copy_(torch.tensor([0.3, 1.2, 0.7]))
+    pair = nn.Sequential(conv, bn)
+    sigma = (bn.running_var + bn.eps).sqrt()
+    w = (conv.weight * (bn.weight / sigma)[:, None, None, None]).detach()
+    b = (bn.bias - bn.running_mean * bn.weight / sigma).detach()
+    no_eps = bn.running_var.sqrt()
+    check_fused("fold", w, b, pair)                                                   # the solution
+    check_fused("fold", w.double(), b.double(), pair)                                 # any float dtype
+    check_fused("fold", (conv.weight * (bn.weight / no_eps)[:, None, None, None]).detach(),
+                (bn.bias - bn.running_mean * bn.weight / no_eps).detach(), pair, hint="eps")  # eps forgotten
+    check_fused("fold", w, bn.bias.detach(), pair, hint="the mean")                   # mean forgotten
+    check_fused("fold", w[:, :1], b, pair)                                             # wrong shape
+    check_fused("fold", ..., b, pair)
+    check_fused("fold", w.tolist(), b, pair)
+    lines = printed(capsys)
+    assert [line.split()[0] for line in lines] == ["PASS", "PASS", "FAIL", "FAIL", "FAIL", "FAIL", "FAIL"]
+    assert lines[2].endswith("Hint: eps") and lines[3].endswith("Hint: the mean")
+    assert "should have shape (3, 2, 3, 3)" in lines[4]
+    assert "replace the ..." in lines[5] and "should be tensors" in lines[6]
+    for line in lines:
+        assert_expected_not_shown(line, *[round(v, 4) for v in b.tolist()])

@@ -188,7 +188,7 @@ def test_make_conv_errors_explain_the_rule(kwargs, message):
 # Models
 
 def test_list_models():
-    assert M.list_models() == ["cifar_net", "lenet"]
+    assert M.list_models() == ["cifar_net", "lenet", "repvgg_net"]
 
 
 def test_lenet_matches_the_pytorch_tutorial():
