@@ -65,8 +65,8 @@ def check_prediction(title: str, prediction: Any, measured: float, rel_tol: floa
     this run measured and has already shown). Either way the line says how far off it was, because
     the point is the next step: explaining the difference."""
     if prediction is None or prediction is ...:
-        return _report(title, False, "write your prediction in place of the ... (before looking at "
-                                     "the measurement), then run this cell again")
+        return _report(title, False, "replace the ... (or None) with your answer: your prediction, "
+                                     "written before looking at the measurement; then run this cell again")
     try:
         value = float(prediction)
     except (TypeError, ValueError):

@@ -5,20 +5,24 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from lcnn_lab import exercises
+
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 
 # nbclient raises when a cell raises, but not when a traceback is only printed (logging.exception, a
 # callback, an ipywidgets.Output that swallows the exception and shows it) or when a self-check says FAIL.
-CHECK_CALL = re.compile(r"\bcheck_(?:close|choice)\s*\(")        # lcnn_lab.exercises' self-checks
+# lcnn_lab.exercises' self-checks: every public check_* function there
+CHECK_CALL = re.compile(r"\b(?:%s)\s*\(" % "|".join(n for n in dir(exercises) if n.startswith("check_")))
 SELF_CHECK_LINE = re.compile(r"^(?:PASS|FAIL)  \S")              # the one line each of them prints
 PLACEHOLDER = "replace the ... (or None) with your answer"       # the FAIL of an unanswered exercise
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")                     # IPython colours its tracebacks
 DATA_URI = re.compile(r"data:[\w/+.-]+;base64,[A-Za-z0-9+/=]+")  # an embedded image may spell anything
+STYLE = re.compile(r"<style.*?</style>", re.S)                   # CSS (highlighted code names Generic.Traceback)
 TEXT_OUTPUT = re.compile(r"^text/|json$|javascript$")            # MIME types of readable outputs
 
 
 def _clean(text: str) -> str:
-    return DATA_URI.sub("", ANSI.sub("", text))
+    return STYLE.sub("", DATA_URI.sub("", ANSI.sub("", text)))
 
 
 def _output_texts(output) -> list[str]:
