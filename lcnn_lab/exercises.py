@@ -1,14 +1,24 @@
 """Self-check cells for the exercises: a clear pass or fail, and a hint, never the answer.
 
-The expected value is computed by the notebook from its own measurements, so a check stays right
-when the code or the machine changes; it is compared here and never printed.
+A check cell must not show its answer: no formula, no call that returns it. So the checks take what
+the answer is *about* and work the expected value out themselves, out of sight:
 
-    from lcnn_lab.exercises import check_close, check_choice
-    check_close("float32 size in MiB", my_answer, expected=size_mib, rel_tol=0.01,
-                hint="4 bytes per parameter; 1 MiB is 2**20 bytes")
+* a module: :func:`check_count` counts its parameters, MACs or size, :func:`check_fraction` compares
+  two modules, :func:`check_fused` folds it into one convolution;
+* a measurement this run made (a dict or pandas Series): :func:`check_largest`, :func:`check_smallest`
+  and :func:`check_closest` read it, :func:`check_prediction` compares a prediction with it;
+* a fixed answer of a derivation: :func:`check_hashed` compares a digest of it (made once by the
+  chapter's author with :func:`digest`).
+
+:func:`check_close` and :func:`check_choice` take the expected value directly; chapters use them only
+where the value passed is not the answer in plain sight. Solutions live in ``tests/solutions.yml``,
+and the tests run every check cell with them (PASS) and with wrong answers (FAIL).
+
+    lab.exercises.check_count("parameters of a Ghost module", my_answer, GhostModule(64, 128, 3, ratio=4))
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Any
 
@@ -45,18 +55,31 @@ def check_choice(title: str, answer: Any, expected: Any, options: tuple | list |
     return _report(title, norm(answer) == norm(expected), hint)
 
 
-def check_count(title: str, answer: Any, module: Any, what: str = "params",
-                input_size: tuple = (1, 3, 32, 32), hint: str = "") -> None:
-    """Pass when ``answer`` equals what ``module`` has of ``what``, counted here by lcnn_lab:
-    ``"params"``, ``"macs"`` (multiplications, per ``input_size``) or ``"adder_ops"``. The check cell
-    shows the module, never the count or the formula."""
+def _count(module: Any, what: str, input_size: tuple) -> float:
     from . import profile   # the checks stay importable without the measuring code's dependencies
     counters = {"params": lambda: profile.count_params(module),
                 "macs": lambda: profile.count_macs(module, input_size).total,
-                "adder_ops": lambda: profile.count_adder_ops(module, input_size)}
+                "adder_ops": lambda: profile.count_adder_ops(module, input_size),
+                "size_mib": lambda: profile.model_size_bytes(module, 32) / 2**20}
     if what not in counters:
         raise ValueError(f"what={what!r} must be one of {', '.join(counters)}")
-    return check_close(title, answer, expected=counters[what](), rel_tol=0.0, hint=hint)
+    return counters[what]()
+
+
+def check_count(title: str, answer: Any, module: Any, what: str = "params",
+                input_size: tuple = (1, 3, 32, 32), rel_tol: float = 0.0, hint: str = "") -> None:
+    """Pass when ``answer`` equals (within ``rel_tol``) what ``module`` has of ``what``, counted here by
+    lcnn_lab: ``"params"``, ``"macs"`` (multiplications, per ``input_size``), ``"adder_ops"`` or
+    ``"size_mib"`` (float32 parameters in MiB). The check cell shows the module, never the count."""
+    return check_close(title, answer, expected=_count(module, what, input_size), rel_tol=rel_tol, hint=hint)
+
+
+def check_fraction(title: str, answer: Any, part: Any, whole: Any, what: str = "params",
+                   input_size: tuple = (1, 3, 32, 32), rel_tol: float = 0.01, hint: str = "") -> None:
+    """Pass when ``answer`` is the fraction ``what(part) / what(whole)`` of two modules (``"params"``
+    or ``"macs"`` on ``input_size``), e.g. a depthwise-separable convolution against a standard one."""
+    expected = _count(part, what, input_size) / _count(whole, what, input_size)
+    return check_close(title, answer, expected=expected, rel_tol=rel_tol, hint=hint)
 
 
 def check_prediction(title: str, prediction: Any, measured: float, rel_tol: float = 0.25,
@@ -72,7 +95,7 @@ def check_prediction(title: str, prediction: Any, measured: float, rel_tol: floa
     except (TypeError, ValueError):
         return _report(title, False, f"the prediction should be a number, got {type(prediction).__name__}")
     if not math.isfinite(value) or value <= 0:
-        return _report(title, False, "a ratio of two latencies is a positive number")
+        return _report(title, False, "the prediction should be a positive number")
     factor = max(value / measured, measured / value)
     ok = math.isclose(value, measured, rel_tol=rel_tol)
     verdict = f"{title} (your prediction {value:g} is within {factor:.2f}x of the measurement)" if ok else \
@@ -80,14 +103,57 @@ def check_prediction(title: str, prediction: Any, measured: float, rel_tol: floa
     print(f"PASS  {verdict}" if ok else f"FAIL  {verdict}. Hint: {hint}")
 
 
+def _check_extreme(title: str, answer: Any, values: Any, pick, hint: str) -> None:
+    items = dict(values.items())
+    if not items:
+        raise ValueError("the check needs at least one measured value")
+    best = pick(items.values())
+    winners = [k for k, v in items.items() if v == best]       # a tie: any of them is right
+    expected = answer if answer in winners else winners[0]
+    return check_choice(title, answer, expected=expected, options=tuple(items), hint=hint)
+
+
 def check_largest(title: str, answer: Any, values: Any, hint: str = "") -> None:
     """Pass when ``answer`` names the entry of ``values`` (a dict or pandas Series of numbers this run
     measured) with the largest value: reading a measurement, not recalling a formula."""
-    items = dict(values.items())
-    if not items:
-        raise ValueError("check_largest needs at least one measured value")
-    best = max(items, key=lambda k: items[k])
-    return check_choice(title, answer, expected=best, options=tuple(items), hint=hint)
+    return _check_extreme(title, answer, values, max, hint)
+
+
+def check_smallest(title: str, answer: Any, values: Any, hint: str = "") -> None:
+    """Pass when ``answer`` names the entry of ``values`` with the smallest value (any of a tie)."""
+    return _check_extreme(title, answer, values, min, hint)
+
+
+def check_closest(title: str, answer: Any, values: Any, target: float, hint: str = "") -> None:
+    """Pass when ``answer`` names the entry of ``values`` closest to ``target`` (e.g. which of our
+    readings a published figure is)."""
+    distances = {k: abs(float(v) - target) for k, v in dict(values.items()).items()}
+    return _check_extreme(title, answer, distances, min, hint)
+
+
+def digest(answer: Any, decimals: int | None = None) -> str:
+    """The digest :func:`check_hashed` compares: of the answer as an int, or rounded to ``decimals``.
+    A chapter's author runs this once on the right answer and pastes the result into the check cell."""
+    value = float(answer)
+    text = str(int(round(value))) if decimals is None else f"{round(value, decimals):.{decimals}f}"
+    return "sha256:" + hashlib.sha256(f"lcnn-lab:{text}".encode()).hexdigest()[:16]
+
+
+def check_hashed(title: str, answer: Any, expected_digest: str, decimals: int | None = None,
+                 hint: str = "") -> None:
+    """Pass when ``answer``, as an int (``decimals=None``) or rounded to ``decimals``, has the digest
+    ``expected_digest``: for the fixed result of a derivation, which the cell must not show."""
+    if answer is None or answer is ...:
+        return _report(title, False, "replace the ... (or None) with your answer, then run this cell again")
+    try:
+        value = float(answer)
+    except (TypeError, ValueError):
+        return _report(title, False, f"the answer should be a number, got {type(answer).__name__}")
+    if not math.isfinite(value):
+        return _report(title, False, "the answer is not a finite number")
+    if decimals is None and abs(value - round(value)) > 1e-9:
+        return _report(title, False, "the answer is a whole number")
+    return _report(title, digest(value, decimals) == expected_digest, hint)
 
 
 def check_fused(title: str, weight: Any, bias: Any, module: Any, hint: str = "") -> None:

@@ -223,3 +223,53 @@ def test_check_fused_compares_with_the_folded_convolution(capsys):
     assert "replace the ..." in lines[5] and "should be tensors" in lines[6]
     for line in lines:
         assert_expected_not_shown(line, *[round(v, 4) for v in b.tolist()])
+
+
+def test_check_fraction_compares_two_modules(capsys):
+    import torch
+    from lcnn_lab.exercises import check_fraction
+    small, big = torch.nn.Conv2d(8, 8, 3, bias=False), torch.nn.Conv2d(8, 16, 3, bias=False)
+    check_fraction("fraction", 0.5, small, big)
+    check_fraction("fraction", 0.25, small, big, hint="count both")
+    check_fraction("fraction", 0.5, small, big, "macs", input_size=(1, 8, 10, 10))
+    lines = printed(capsys)
+    assert [line.split()[0] for line in lines] == ["PASS", "FAIL", "PASS"]
+    assert_expected_not_shown(lines[1], 0.5)
+
+
+@pytest.mark.parametrize("check, right, wrong", [("check_smallest", "b", "a"), ("check_largest", "a", "b")])
+def test_check_smallest_and_largest_accept_any_of_a_tie(check, right, wrong, capsys):
+    import lcnn_lab.exercises as E
+    values = {"a": 3.0, "b": 1.0, "c": 2.0}
+    getattr(E, check)("pick", right, values)
+    getattr(E, check)("pick", wrong, values)
+    E.check_smallest("tie", "y", {"x": 1.0, "y": 1.0, "z": 2.0})
+    E.check_smallest("tie", "x", {"x": 1.0, "y": 1.0, "z": 2.0})
+    assert [line.split()[0] for line in printed(capsys)] == ["PASS", "FAIL", "PASS", "PASS"]
+
+
+def test_check_closest_reads_which_value_matches(capsys):
+    from lcnn_lab.exercises import check_closest
+    readings = {"MACs@224": 15.47, "FLOPs@224": 30.9, "MACs@512": 80.8}
+    check_closest("reading", "MACs@224", readings, target=15.5)
+    check_closest("reading", "FLOPs@224", readings, target=15.5, hint="compare")
+    lines = printed(capsys)
+    assert [line.split()[0] for line in lines] == ["PASS", "FAIL"]
+    assert_expected_not_shown(lines[1], "MACs@224")
+
+
+def test_check_hashed_never_needs_the_answer_in_the_cell(capsys):
+    from lcnn_lab.exercises import check_hashed, digest
+    assert digest(64) == digest(64.0) != digest(63)
+    assert digest(24.08, decimals=0) == digest(23.9, decimals=0) != digest(23.4, decimals=0)
+    check_hashed("zero point", 64, digest(64))
+    check_hashed("zero point", 63, digest(64), hint="round Z")
+    check_hashed("zero point", 64.5, digest(64))
+    check_hashed("intensity", 1.0511, digest(1.051, 2), decimals=2)
+    check_hashed("intensity", ..., digest(1.051, 2), decimals=2)
+    lines = printed(capsys)
+    assert [line.split()[0] for line in lines] == ["PASS", "FAIL", "FAIL", "PASS", "FAIL"]
+    assert lines[1].endswith("Hint: round Z") and "whole number" in lines[2]
+    assert "replace the ... (or None)" in lines[4]
+    for line in lines:
+        assert_expected_not_shown(line, 64, 1.051)
