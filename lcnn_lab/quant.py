@@ -42,7 +42,7 @@ __all__ = [
     "sqnr_db", "QuantError", "quantization_error", "quantization_noise",
     # models
     "quantize_weights", "quantized_size_bytes", "saved_size_bytes",
-    "to_int8", "is_int8", "FakeQuantConv2d", "FakeQuantLinear", "add_fake_quant", "qat_finetune",
+    "to_int8", "is_int8", "to_float16", "FakeQuantConv2d", "FakeQuantLinear", "add_fake_quant", "qat_finetune",
 ]
 
 Number = float | torch.Tensor
@@ -565,6 +565,26 @@ def is_int8(model: nn.Module) -> bool:
     int8_layers = [m for m in model.modules() if isinstance(m, (nnq.Conv2d, nnq.Linear))]
     return not float_layers and bool(int8_layers) and all(
         m.weight().dtype == torch.qint8 for m in int8_layers)
+
+
+class Float16(nn.Module):
+    """A float16 copy of a model that takes and returns float32 tensors: the input is cast to float16 on
+    the way in and the output back to float32 on the way out, as a deployed FP16 model would be fed."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = copy.deepcopy(model).half().eval()
+        self.config = getattr(model, "config", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.half()).float()
+
+
+def to_float16(model: nn.Module) -> Float16:
+    """FP16 inference, the other bit width long2024 §4.2 names beside int8: every parameter and
+    activation in IEEE half precision (16 bits). It halves the size; whether it is faster depends on
+    the processor having float16 arithmetic (GPUs, recent ARM cores), which many x86 CPUs lack."""
+    return Float16(model)
 
 
 # ----------------------------------------------------------------------------------------------

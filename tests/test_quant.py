@@ -345,3 +345,20 @@ def test_qat_fine_tune_of_a_pruned_model_keeps_its_zeros():
     assert P.sparsity(model) >= 0.6
     for a, b in zip(pruned.state_dict().values(), original.state_dict().values()):
         assert torch.equal(a, b)                                          # the original is untouched
+
+
+def test_float16_copy_takes_and_returns_float32():
+    from lcnn_lab.models import create_model
+    from lcnn_lab.quant import to_float16
+    from lcnn_lab.profile import count_params, model_size_bytes
+    model = create_model("cifar_net").eval()
+    half = to_float16(model)
+    assert all(p.dtype == torch.float16 for p in half.parameters())
+    assert next(model.parameters()).dtype == torch.float32          # the original is left alone
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        y, y16 = model(x), half(x)
+    assert y16.dtype == torch.float32
+    torch.testing.assert_close(y16, y, rtol=0.02, atol=2e-3 * y.abs().max().item())
+    assert count_params(half) == count_params(model)                 # same parameters, half the bytes
+    assert model_size_bytes(half, 16) * 2 == model_size_bytes(model, 32)
