@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -73,13 +74,56 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
+SOLUTIONS = ROOT / "tests" / "solutions.yml"
+ANSWER = re.compile(r"^(?P<name>\w+) = \.\.\.", re.M)     # an exercise's blank: `name = ...  # hint`
+CHECK_CALL = re.compile(r"\bcheck_\w+\s*\(")                    # a call of a lcnn_lab.exercises check
+SOLUTION_TAG = "lcnn-answer-check"
+
+
+def exercise_cells(nb) -> list[tuple[int, list[str]]]:
+    """``(cell index, exercise variables)`` of every self-check cell with blanks to fill."""
+    return [(i, ANSWER.findall(c.source)) for i, c in enumerate(nb.cells)
+            if c.cell_type == "code" and CHECK_CALL.search(c.source) and ANSWER.search(c.source)]
+
+
+def solutions(notebook: str) -> dict[str, dict]:
+    import yaml
+    return (yaml.safe_load(SOLUTIONS.read_text()) or {}).get(notebook, {}) or {}
+
+
+def answer_cells(nb, notebook: str):
+    """For every check cell, a copy with its blanks filled by the solutions and one with the wrong
+    answers (tests/solutions.yml), to run after the notebook in the same kernel."""
+    import nbformat
+    known = solutions(notebook)
+    cells = []
+    for index, names in exercise_cells(nb):
+        if not all(n in known for n in names):
+            continue                          # test_every_exercise_has_a_solution reports it
+        for kind in ("solution", "wrong"):
+            answers = {n: known[n][kind] for n in names}
+            if any(a is None for a in answers.values()):
+                continue                      # a prediction: no single right answer
+            source = ANSWER.sub(lambda m: f"{m['name']} = ({answers[m['name']]})", nb.cells[index].source)
+            cell = nbformat.v4.new_code_cell(source)
+            cell.metadata[SOLUTION_TAG] = {"cell": index, "variables": names, "kind": kind}
+            cell.metadata["tags"] = ["raises-exception"]   # a failing solution is reported by its test
+            cells.append(cell)
+    return cells
+
+
 class ExecutedNotebooks:
     """Each notebook run top to bottom in a fresh kernel, once per test run, as `make book` runs it (the
     smoke budget, static Explorers, the notebook's folder as working directory). test_notebooks checks
-    their outputs; test_book builds the book from them without executing anything again."""
+    their outputs; test_book builds the book from them without executing anything again.
+
+    In the same kernel, after the last cell, every exercise's check cell runs twice more: with the
+    solutions and with wrong answers (tests/solutions.yml). Those runs are kept apart (``answers``)
+    and are not part of the executed notebook the book is built from."""
 
     def __init__(self):
         self._done: dict[str, tuple[object, str | None]] = {}
+        self.answers: dict[str, list] = {}
 
     def get(self, path: Path):
         """``(executed notebook, error or None)``: the error is one string, the notebook what ran."""
@@ -87,6 +131,9 @@ class ExecutedNotebooks:
             import nbformat
             from nbclient import NotebookClient
             nb = nbformat.read(path, as_version=4)
+            extra = answer_cells(nb, path.stem)
+            n_cells = len(nb.cells)
+            nb.cells += extra
             saved = {k: os.environ.get(k) for k in ("LCNN_BUDGET", "LCNN_WIDGETS")}
             os.environ.update(LCNN_BUDGET="smoke", LCNN_WIDGETS="static")   # the kernel inherits them
             try:
@@ -98,6 +145,8 @@ class ExecutedNotebooks:
             finally:
                 for k, v in saved.items():
                     os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+            self.answers[path.name] = nb.cells[n_cells:]
+            nb.cells = nb.cells[:n_cells]
             self._done[path.name] = (nb, error)
         return self._done[path.name]
 

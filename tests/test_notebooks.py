@@ -12,7 +12,8 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("
 # nbclient raises when a cell raises, but not when a traceback is only printed (logging.exception, a
 # callback, an ipywidgets.Output that swallows the exception and shows it) or when a self-check says FAIL.
 # lcnn_lab.exercises' self-checks: every public check_* function there
-CHECK_CALL = re.compile(r"\b(?:%s)\s*\(" % "|".join(n for n in dir(exercises) if n.startswith("check_")))
+CHECK_CALL = re.compile(r"\b(?:%s)\s*\(" % "|".join(sorted((n for n in dir(exercises) if n.startswith("check_")),
+                                                             key=len, reverse=True)))
 SELF_CHECK_LINE = re.compile(r"^(?:PASS|FAIL)  \S")              # the one line each of them prints
 PLACEHOLDER = "replace the ... (or None) with your answer"       # the FAIL of an unanswered exercise
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")                     # IPython colours its tracebacks
@@ -90,6 +91,51 @@ def test_notebook_runs(path, executed_notebooks):
     nb, error = executed_notebooks.get(path)   # run once per test run (conftest.py); the book reuses it
     assert error is None, f"{path.name} stopped with an error:\n{error[-4000:]}"
     problems = output_problems(nb)
+    assert not problems, "\n".join(problems)
+
+
+# ----------------------------------------------------------------------------------------------
+# Every exercise's check, with its solution and with a wrong answer (solutions in tests/solutions.yml)
+
+@pytest.mark.skipif(not NOTEBOOKS, reason="no notebooks in notebooks/ yet")
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_every_exercise_has_a_solution_and_a_wrong_answer(path):
+    from conftest import exercise_cells, solutions
+    nb = nbformat.read(path, as_version=4)
+    blanks = [n for _, names in exercise_cells(nb) for n in names]
+    known = solutions(path.stem)
+    assert blanks, f"{path.name} has no exercise with a self-check (CHAPTER.md asks for at least three)"
+    assert not set(blanks) - set(known), f"no entry in tests/solutions.yml for {sorted(set(blanks) - set(known))}"
+    assert not set(known) - set(blanks), f"tests/solutions.yml names unknown blanks {sorted(set(known) - set(blanks))}"
+    for name in blanks:
+        assert set(known[name]) == {"solution", "wrong"}, f"{name}: give a solution and a wrong answer"
+        assert known[name]["wrong"] is not None, f"{name}: a wrong answer is always needed"
+
+
+@pytest.mark.skipif(not NOTEBOOKS, reason="no notebooks in notebooks/ yet")
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_checks_pass_with_the_solutions_and_fail_with_wrong_answers(path, executed_notebooks):
+    from conftest import SOLUTION_TAG
+    _, error = executed_notebooks.get(path)
+    assert error is None, f"{path.name} stopped with an error (see test_notebook_runs)"
+    runs = executed_notebooks.answers[path.name]
+    assert runs, f"{path.name}: no check was run with answers"
+    problems = []
+    for cell in runs:
+        meta = cell.metadata[SOLUTION_TAG]
+        where = f"cell {meta['cell']} ({', '.join(meta['variables'])}) with the {meta['kind']}"
+        errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+        if errors:
+            problems.append(f"{where} raised {errors[0].get('ename')}: {errors[0].get('evalue')}")
+            continue
+        stdout = "".join(_clean(o.get("text", "")) for o in cell.get("outputs", [])
+                         if o.get("output_type") == "stream" and o.get("name") == "stdout")
+        verdicts = [line for line in stdout.splitlines() if SELF_CHECK_LINE.match(line)]
+        if len(verdicts) != len(CHECK_CALL.findall(cell.source)):
+            problems.append(f"{where} printed {len(verdicts)} verdicts for "
+                            f"{len(CHECK_CALL.findall(cell.source))} checks: {verdicts}")
+        want = "PASS" if meta["kind"] == "solution" else "FAIL"
+        problems += [f"{where}: {v}" for v in verdicts if not v.startswith(want) or PLACEHOLDER in v]
     assert not problems, "\n".join(problems)
 
 
