@@ -6,5 +6,5 @@
 """
 __version__ = "0.1.0"
 
-from . import (config, data, exercises, features, imagenet, layers, models, profile, prune, quant,  # noqa: E402,F401
+from . import (config, data, exercises, families, features, imagenet, layers, models, profile, prune, quant,  # noqa: E402,F401
                render, reparam, results, train, trained, units, widgets)

@@ -31,7 +31,7 @@ from .layers import ConvKxK, check_design, check_kernel_size, make_conv
 from .reparam import RepVGGBlock
 
 __all__ = ["NetConfig", "CifarNetConfig", "RepVGGNetConfig", "LeNetConfig", "CifarNet", "RepVGGNet", "LeNet",
-           "create_model", "from_config", "list_models", "model_knobs", "CIFAR_NET_WIDTHS"]
+           "create_model", "from_config", "list_models", "register", "model_knobs", "CIFAR_NET_WIDTHS"]
 
 NUM_CLASSES = 10
 
@@ -287,6 +287,13 @@ _MODELS: dict[str, tuple[type[NetConfig], Callable[[Any], nn.Module]]] = {
     "lenet": (LeNetConfig, LeNet),
     "repvgg_net": (RepVGGNetConfig, RepVGGNet),
 }
+
+
+def register(name: str, config_cls: type[NetConfig], builder: Callable[[Any], nn.Module]) -> None:
+    """Add a model to the registry (:mod:`lcnn_lab.families` adds the lightweight families this way)."""
+    if config_cls.name != name:
+        raise ValueError(f"config {config_cls.__name__} is named {config_cls.name!r}, not {name!r}")
+    _MODELS[name] = (config_cls, builder)
 
 
 def list_models() -> list[str]:
