@@ -294,6 +294,9 @@ def remeasure(store: ResultsStore | None = None, progress: bool = True) -> dict[
     measured by the current code are kept, not measured twice. Returns counts of what it did.
     """
     store = store if store is not None else ResultsStore()
+    # only what is listed now may be deleted at the end: entries written meanwhile (another process
+    # training a new chapter's grid) are not this run's to judge
+    listed = {kind: {p.stem for p in (store.root / kind).glob("*.json")} for kind in ("train", "finetune")}
     trains = [e["key"] for e in store.entries("train")]
     finetunes = [e for e in store.entries("finetune")]
     ckpt_dir = store.root / "checkpoints"
@@ -347,11 +350,11 @@ def remeasure(store: ResultsStore | None = None, progress: bool = True) -> dict[
     bar.close()
     for kind in ("train", "finetune"):
         for path in sorted((store.root / kind).glob("*.json")):
-            if path.stem not in keep_keys:
+            if path.stem in listed[kind] and path.stem not in keep_keys:
                 path.unlink()
                 done["deleted"] += 1
     for path in sorted(ckpt_dir.glob("*.pt")) if ckpt_dir.is_dir() else []:
-        if path not in keep_files:
+        if path in [p for p, *_ in checkpoints] and path not in keep_files:
             path.unlink()
             done["deleted"] += 1
     return done

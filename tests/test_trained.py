@@ -194,3 +194,23 @@ def test_remeasure_trains_the_store_again_under_the_current_code(tmp_path, monke
     kept = [e for e in store.entries("finetune") if "recipe" not in e["key"]["what"]]
     assert len(kept) == 1                       # a notebook's own function: kept for the notebook to redo
     assert all(e["key"]["format"] == results.MEASUREMENT_FORMATS["train"] for e in store.entries("train"))
+
+
+def test_remeasure_leaves_alone_what_others_write_while_it_runs(tmp_path, monkeypatch):
+    """Another process may train a new chapter's grid into the store during `make results`: those
+    entries are not stale, and must survive the clean-up at the end."""
+    monkeypatch.setenv("LCNN_RESULTS", str(tmp_path))
+    monkeypatch.setenv("LCNN_BUDGET", "smoke")
+    TR.trained_accuracy("cifar_net", TrainConfig(budget="smoke", progress=False), width=0.25)
+    store = ResultsStore()
+    monkeypatch.setitem(results.MEASUREMENT_FORMATS, "train", results.MEASUREMENT_FORMATS["train"] + 1)
+    real_train = TR.train_model
+
+    def train_and_a_neighbour(*args, **kwargs):
+        (tmp_path / "train" / "written-meanwhile.json").write_text("{}")   # what the other process stored
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(TR, "train_model", train_and_a_neighbour)
+    done = TR.remeasure(store, progress=False)
+    assert done["trainings"] == 1 and done["deleted"] == 1                 # the stale entry only
+    assert (tmp_path / "train" / "written-meanwhile.json").exists()
