@@ -355,7 +355,9 @@ def test_filter_pruning_a_weight_pruned_model_slices_its_masks():
 # Cross-check: Torch-Pruning's dependency graph ties the same layers together
 
 def _designs_and_kernel_sizes():
-    for design in DESIGNS:
+    # the designs of chapter 01; a Ghost module (grouped cheap convs, a concatenation cut to c_out) and
+    # an adder layer (no nn.Conv2d) are not filter-pruned by lcnn_lab.prune
+    for design in (d for d in DESIGNS if d in ("single", "stacked", "factorized", "bottleneck")):
         for k in KERNEL_SIZES:
             try:
                 check_kernel_size(k, design)
