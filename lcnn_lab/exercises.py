@@ -31,24 +31,37 @@ def _report(title: str, ok: bool, hint: str) -> None:
         print(f"FAIL  {title}: not yet. Hint: {hint}")
 
 
-def check_close(title: str, answer: Any, expected: float, rel_tol: float = 0.02, hint: str = "") -> None:
-    """Pass when ``answer`` is a number within ``rel_tol`` (relative) of ``expected``."""
+PLACEHOLDER = "replace the ... (or None) with your answer, then run this cell again"
+
+
+def _number(title: str, answer: Any, what: str = "answer", placeholder: str = PLACEHOLDER) -> float | None:
+    """``answer`` as a float, or None after reporting why it is not one (the blank, not a number, NaN)."""
     if answer is None or answer is ...:
-        return _report(title, False, "replace the ... (or None) with your answer, then run this cell again")
+        _report(title, False, placeholder)
+        return None
     try:
         value = float(answer)
     except (TypeError, ValueError):
-        return _report(title, False, f"the answer should be a number, got {type(answer).__name__}")
+        _report(title, False, f"the {what} should be a number, got {type(answer).__name__}")
+        return None
     if math.isnan(value):
-        return _report(title, False, "the answer is NaN")
-    return _report(title, math.isclose(value, expected, rel_tol=rel_tol), hint)
+        _report(title, False, f"the {what} is NaN")
+        return None
+    return value
+
+
+def check_close(title: str, answer: Any, expected: float, rel_tol: float = 0.02, hint: str = "") -> None:
+    """Pass when ``answer`` is a number within ``rel_tol`` (relative) of ``expected``."""
+    value = _number(title, answer)
+    if value is not None:
+        _report(title, math.isclose(value, expected, rel_tol=rel_tol), hint)
 
 
 def check_choice(title: str, answer: Any, expected: Any, options: tuple | list | None = None,
                  hint: str = "") -> None:
     """Pass when ``answer`` equals ``expected`` (strings compared without case or surrounding spaces)."""
     if answer is None or answer is ...:
-        return _report(title, False, "replace the ... (or None) with your answer, then run this cell again")
+        return _report(title, False, PLACEHOLDER)
     norm = (lambda v: v.strip().lower() if isinstance(v, str) else v)
     if options is not None and norm(answer) not in [norm(o) for o in options]:
         return _report(title, False, f"choose one of: {', '.join(map(str, options))}")
@@ -87,13 +100,11 @@ def check_prediction(title: str, prediction: Any, measured: float, rel_tol: floa
     """Predict, then measure: pass when ``prediction`` is within ``rel_tol`` of ``measured`` (a number
     this run measured and has already shown). Either way the line says how far off it was, because
     the point is the next step: explaining the difference."""
-    if prediction is None or prediction is ...:
-        return _report(title, False, "replace the ... (or None) with your answer: your prediction, "
-                                     "written before looking at the measurement; then run this cell again")
-    try:
-        value = float(prediction)
-    except (TypeError, ValueError):
-        return _report(title, False, f"the prediction should be a number, got {type(prediction).__name__}")
+    value = _number(title, prediction, "prediction",
+                    placeholder="replace the ... (or None) with your answer: your prediction, written "
+                                "before looking at the measurement; then run this cell again")
+    if value is None:
+        return
     if not math.isfinite(value) or value <= 0:
         return _report(title, False, "the prediction should be a positive number")
     factor = max(value / measured, measured / value)
@@ -143,12 +154,9 @@ def check_hashed(title: str, answer: Any, expected_digest: str, decimals: int | 
                  hint: str = "") -> None:
     """Pass when ``answer``, as an int (``decimals=None``) or rounded to ``decimals``, has the digest
     ``expected_digest``: for the fixed result of a derivation, which the cell must not show."""
-    if answer is None or answer is ...:
-        return _report(title, False, "replace the ... (or None) with your answer, then run this cell again")
-    try:
-        value = float(answer)
-    except (TypeError, ValueError):
-        return _report(title, False, f"the answer should be a number, got {type(answer).__name__}")
+    value = _number(title, answer)
+    if value is None:
+        return
     if not math.isfinite(value):
         return _report(title, False, "the answer is not a finite number")
     if decimals is None and abs(value - round(value)) > 1e-9:
@@ -164,7 +172,7 @@ def check_fused(title: str, weight: Any, bias: Any, module: Any, hint: str = "")
     import torch                      # the checks stay importable without torch
     from .reparam import equivalent_conv
     if any(v is None or v is ... for v in (weight, bias)):
-        return _report(title, False, "replace the ... (or None) with your answer, then run this cell again")
+        return _report(title, False, PLACEHOLDER)
     if not (isinstance(weight, torch.Tensor) and isinstance(bias, torch.Tensor)):
         return _report(title, False, f"the weight and the bias should be tensors, got "
                                      f"{type(weight).__name__} and {type(bias).__name__}")

@@ -146,7 +146,19 @@ def _round_width(c: float, divisor: int = 8) -> int:
 # ----------------------------------------------------------------------------------------------
 # cifar_net
 
-class CifarNet(nn.Module):
+class _StemStagesHead(nn.Module):
+    """The forward pass shared by cifar_net and repvgg_net: stem, three stages, global max-pool, linear."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)                 # (B, w0, 32, 32)
+        x = self.stage1(x)               # (B, w1, 16, 16)
+        x = self.stage2(x)               # (B, w2, 8, 8)
+        x = self.stage3(x)               # (B, w3, 4, 4)
+        x = self.pool(x).flatten(1)      # (B, w3)
+        return self.head(x) * HEAD_SCALE  # (B, 10)
+
+
+class CifarNet(_StemStagesHead):
     """The book's baseline: stem + 3 stages + global max-pool + linear (after airbench94, Jordan 2024).
 
     ========  ==========================================================  =====================
@@ -191,19 +203,11 @@ class CifarNet(nn.Module):
             raise ValueError(f"{cfg} cannot be built: in stage {stage} ({c_in} -> {c_out} channels, "
                              f"width={cfg.width}): {err}") from None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)                 # (B, w0, 32, 32)
-        x = self.stage1(x)               # (B, w1, 16, 16)
-        x = self.stage2(x)               # (B, w2, 8, 8)
-        x = self.stage3(x)               # (B, w3, 4, 4)
-        x = self.pool(x).flatten(1)      # (B, w3)
-        return self.head(x) * HEAD_SCALE  # (B, 10)
-
 
 # ----------------------------------------------------------------------------------------------
 # repvgg_net
 
-class RepVGGNet(nn.Module):
+class RepVGGNet(_StemStagesHead):
     """cifar_net's widths and depth built from RepVGG blocks (Ding et al. 2021; long2024 §2.4).
 
     ========  ===============================================  =====================
@@ -239,14 +243,6 @@ class RepVGGNet(nn.Module):
         cfg = self.config
         return RepVGGBlock(c_in, c_out, stride, conv3x3=cfg.conv3x3, conv1x1=cfg.conv1x1,
                            identity=cfg.identity)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)                 # (B, w0, 32, 32)
-        x = self.stage1(x)               # (B, w1, 16, 16)
-        x = self.stage2(x)               # (B, w2, 8, 8)
-        x = self.stage3(x)               # (B, w3, 4, 4)
-        x = self.pool(x).flatten(1)      # (B, w3)
-        return self.head(x) * HEAD_SCALE  # (B, 10)
 
 
 # ----------------------------------------------------------------------------------------------
