@@ -6,5 +6,6 @@
 """
 __version__ = "0.1.0"
 
-from . import (config, data, exercises, families, features, imagenet, layers, models, profile, prune, quant,  # noqa: E402,F401
-               render, reparam, results, train, trained, units, widgets)
+from . import (classroom, config, data, exercises, families, features, imagenet,  # noqa: E402,F401
+               layers, models, profile, prune, quant, render, reparam, results, train, trained, units,
+               widgets)

@@ -4,21 +4,25 @@ of where a number was measured (:func:`provenance`, printed by :func:`describe`)
 
 The only environment variables lcnn_lab reads are documented here:
 
-=================  ==============================================================
-``LCNN_BUDGET``    ``smoke`` | ``quick`` | ``full``: how much training a run may do.
-                   Default: ``full`` on a GPU, ``quick`` on a CPU.
-``LCNN_DATA``      A folder holding CIFAR-10 (official release or an image-folder
-                   mirror); see :mod:`lcnn_lab.data`.
-``LCNN_DEVICE``    Force a device (``cpu``, ``cuda``, ``mps``). Default: the best one.
-``LCNN_THREADS``   CPU threads for training and latency. Default: all cores.
-``LCNN_CACHE``     Per-user cache folder (data, checkpoints). Default:
-                   ``$XDG_CACHE_HOME/lcnn-lab`` or ``~/.cache/lcnn-lab``.
-``LCNN_RESULTS``   The results store. Default: ``results/`` at the repository
-                   root when run from a checkout, else ``<cache>/results``.
-``LCNN_WIDGETS``   ``live`` (default) or ``static``: ``static`` makes every Explorer
-                   precompute its grid and emit a self-contained HTML view; the book
-                   build sets it, so the web book's sliders work without a kernel.
-=================  ==============================================================
+=====================  ==============================================================
+``LCNN_BUDGET``        ``smoke`` | ``quick`` | ``full``: how much training a run may do.
+                       Default: ``full`` on a CUDA GPU, ``quick`` on a CPU or a Mac (mps).
+``LCNN_DATA``          A folder holding CIFAR-10 (official release or an image-folder
+                       mirror); see :mod:`lcnn_lab.data`.
+``LCNN_DEVICE``        Force a device (``cpu``, ``cuda``, ``mps``). Default: the best one.
+``LCNN_THREADS``       CPU threads for training and latency. Default: all cores.
+``LCNN_CACHE``         Per-user cache folder (data, checkpoints). Default:
+                       ``$XDG_CACHE_HOME/lcnn-lab`` or ``~/.cache/lcnn-lab``.
+``LCNN_RESULTS``       The results store. Default: ``results/`` at the repository
+                       root when run from a checkout, else ``<cache>/results``.
+``LCNN_WIDGETS``       ``live`` (default) or ``static``: ``static`` makes every Explorer
+                       precompute its grid and emit a self-contained HTML view; the book
+                       build sets it, so the web book's sliders work without a kernel.
+``LCNN_GRADING``       ``1`` while :mod:`lcnn_lab.classroom` grades submissions: a failed
+                       exercise check raises instead of printing only.
+``LCNN_STORE_TRACE``   A file to which the results store appends every entry it is
+                       asked for (``benchmarks/chapter_times.py``). Default: none.
+=====================  ==============================================================
 """
 from __future__ import annotations
 
@@ -69,10 +73,12 @@ BUDGETS = {
 
 
 def get_budget(budget: str | Budget | None = None) -> Budget:
-    """The budget to use: the argument, else ``$LCNN_BUDGET``, else ``full`` on a GPU and ``quick`` on a CPU."""
+    """The budget to use: the argument, else ``$LCNN_BUDGET``, else ``full`` on a CUDA GPU and ``quick``
+    elsewhere: on a CPU, and on a Mac's GPU (``mps``), which trains these small networks a few times
+    faster than its CPU, not the ~16 times that ``full`` takes longer."""
     if isinstance(budget, Budget):
         return budget
-    name = budget or os.environ.get("LCNN_BUDGET") or ("quick" if get_device().type == "cpu" else "full")
+    name = budget or os.environ.get("LCNN_BUDGET") or ("full" if get_device().type == "cuda" else "quick")
     name = name.strip().lower()
     if name not in BUDGETS:
         raise ValueError(f"budget {name!r} is not one of {', '.join(BUDGETS)} "

@@ -20,32 +20,46 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from typing import Any
 
 
-def _report(title: str, ok: bool, hint: str) -> None:
+class ExerciseFailed(AssertionError):
+    """A check that did not pass, raised only while grading (``LCNN_GRADING=1``): nbgrader scores a
+    test cell by whether it raises. A student's notebook prints FAIL and a hint instead."""
+
+
+def grading() -> bool:
+    """True while :mod:`lcnn_lab.classroom` grades submissions (it sets ``LCNN_GRADING=1``)."""
+    return os.environ.get("LCNN_GRADING", "").strip() == "1"
+
+
+def _report(title: str, ok: bool, hint: str, graded: bool = True) -> None:
     # Printed, not returned: a returned True/False would show up as a stray output line in the notebook.
     if ok:
         print(f"PASS  {title}")
-    else:
-        print(f"FAIL  {title}: not yet. Hint: {hint}")
+        return
+    print(f"FAIL  {title}: not yet. Hint: {hint}")
+    if graded and grading():
+        raise ExerciseFailed(f"{title}: not yet")
 
 
 PLACEHOLDER = "replace the ... (or None) with your answer, then run this cell again"
 
 
-def _number(title: str, answer: Any, what: str = "answer", placeholder: str = PLACEHOLDER) -> float | None:
+def _number(title: str, answer: Any, what: str = "answer", placeholder: str = PLACEHOLDER,
+            graded: bool = True) -> float | None:
     """``answer`` as a float, or None after reporting why it is not one (the blank, not a number, NaN)."""
     if answer is None or answer is ...:
-        _report(title, False, placeholder)
+        _report(title, False, placeholder, graded)
         return None
     try:
         value = float(answer)
     except (TypeError, ValueError):
-        _report(title, False, f"the {what} should be a number, got {type(answer).__name__}")
+        _report(title, False, f"the {what} should be a number, got {type(answer).__name__}", graded)
         return None
     if math.isnan(value):
-        _report(title, False, f"the {what} is NaN")
+        _report(title, False, f"the {what} is NaN", graded)
         return None
     return value
 
@@ -99,14 +113,15 @@ def check_prediction(title: str, prediction: Any, measured: float, rel_tol: floa
                      hint: str = "") -> None:
     """Predict, then measure: pass when ``prediction`` is within ``rel_tol`` of ``measured`` (a number
     this run measured and has already shown). Either way the line says how far off it was, because
-    the point is the next step: explaining the difference."""
+    the point is the next step: explaining the difference. Never graded (:func:`grading`): an honest
+    prediction may be far off, and the explanation that follows is what an instructor marks."""
     value = _number(title, prediction, "prediction",
                     placeholder="replace the ... (or None) with your answer: your prediction, written "
-                                "before looking at the measurement; then run this cell again")
+                                "before looking at the measurement; then run this cell again", graded=False)
     if value is None:
         return
     if not math.isfinite(value) or value <= 0:
-        return _report(title, False, "the prediction should be a positive number")
+        return _report(title, False, "the prediction should be a positive number", graded=False)
     factor = max(value / measured, measured / value)
     ok = math.isclose(value, measured, rel_tol=rel_tol)
     verdict = f"{title} (your prediction {value:g} is within {factor:.2f}x of the measurement)" if ok else \

@@ -512,6 +512,12 @@ class Latency:
                 f"{self.threads} thread{'s' if self.threads != 1 else ''}, {self.device})")
 
 
+def _mps_clock() -> float:
+    """A clock that first waits for the Mac GPU's queued work (``mps``), as CUDA's timer does."""
+    torch.mps.synchronize()
+    return timeit.default_timer()
+
+
 def measure_latency(model: nn.Module, input_size: Sequence[int] = (1, 3, 32, 32),
                     batch: int | None = None, threads: int | None = None,
                     device: str | torch.device | None = None, warmup: int = 5,
@@ -529,7 +535,8 @@ def measure_latency(model: nn.Module, input_size: Sequence[int] = (1, 3, 32, 32)
             all), benchmarks should use more.
 
     The model runs in eval mode under ``torch.inference_mode()``; each module's mode is restored
-    after. On a GPU the Timer synchronises before reading the clock, so kernels are not missed.
+    after. On a GPU (CUDA or a Mac's mps) the clock waits for the device before it is read, so
+    queued kernels are not missed.
     """
     threads = get_threads(threads)
     dev = get_device(device)
@@ -544,15 +551,18 @@ def measure_latency(model: nn.Module, input_size: Sequence[int] = (1, 3, 32, 32)
         with torch.inference_mode():
             net(x)
 
-    # The Timer's default clock synchronises any accelerator present (needed on a GPU); for a CPU
-    # measurement on a machine that has a GPU, that synchronisation would only add noise.
-    clock = {"timer": timeit.default_timer} if dev.type == "cpu" else {}
+    # The Timer's default clock synchronises a CUDA GPU (needed: kernels run asynchronously); for a
+    # CPU measurement on a machine that has a GPU, that synchronisation would only add noise. A Mac's
+    # GPU (mps) is asynchronous too, and the default clock does not wait for it: ours does.
+    clock = {"cpu": {"timer": timeit.default_timer}, "mps": {"timer": _mps_clock}}.get(dev.type, {})
     with _eval_mode(net):
         with _torch_threads(threads):   # warm up with the thread count we measure with
             for _ in range(warmup):
                 forward()
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)
+            elif dev.type == "mps":
+                torch.mps.synchronize()
         timer = benchmark.Timer(stmt="forward()", globals={"forward": forward},
                                 num_threads=threads, **clock)
         m = timer.blocked_autorange(min_run_time=min_run_time)

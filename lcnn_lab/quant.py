@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import io
 import math
+import platform
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -492,6 +493,32 @@ def _calibration_batches(images: torch.Tensor | int, batch_size: int) -> Iterato
         yield normalize(x) if x.dtype == torch.uint8 else x.float()
 
 
+# torch's int8 CPU engines, best first for each processor family: ``x86`` (FBGEMM and oneDNN kernels;
+# ``fbgemm`` in older builds) on Intel and AMD; ``qnnpack`` on ARM (Apple silicon, Raspberry Pi, phones),
+# where the x86 engines do not exist.
+INT8_ENGINES = {"x86": ("x86", "fbgemm", "onednn", "qnnpack"), "arm": ("qnnpack",)}
+
+
+def supported_int8_engines() -> list[str]:
+    """The int8 engines this torch build has (``torch.backends.quantized.supported_engines``)."""
+    return list(torch.backends.quantized.supported_engines)
+
+
+def int8_engine(supported: list[str] | None = None, machine: str | None = None) -> str:
+    """The int8 engine for this processor: ``x86`` on Intel/AMD, ``qnnpack`` on ARM, whichever of those
+    this torch build has (``supported``, default :func:`supported_int8_engines`; ``machine``, default
+    ``platform.machine()``: arguments for tests)."""
+    supported = supported_int8_engines() if supported is None else list(supported)
+    machine = (machine or platform.machine() or "unknown").lower()
+    family = "arm" if machine.startswith(("arm", "aarch64")) else "x86"
+    for engine in INT8_ENGINES[family]:
+        if engine in supported:
+            return engine
+    raise RuntimeError(f"this torch build has no int8 engine for a {machine} processor (it has: "
+                       f"{', '.join(supported) or 'none'}); int8 inference needs "
+                       f"{' or '.join(INT8_ENGINES[family])}")
+
+
 def to_int8(model: nn.Module, calibration_images: torch.Tensor | int = 512, batch_size: int = 128,
             engine: str | None = None) -> nn.Module:
     """An int8 copy of ``model`` for the CPU: post-training static quantization (li2023 §3.2).
@@ -516,8 +543,8 @@ def to_int8(model: nn.Module, calibration_images: torch.Tensor | int = 512, batc
     Args:
         calibration_images: a batch ``(N, 3, 32, 32)`` (uint8, normalised here, or already
             normalised floats) or a number N of training images (a fixed random subset).
-        engine: ``torch.backends.quantized.engine`` to build for (default: the current one, ``x86``
-            on Intel/AMD CPUs). Setting it changes torch's global engine.
+        engine: ``torch.backends.quantized.engine`` to build for (default: :func:`int8_engine`,
+            ``x86`` on Intel/AMD CPUs, ``qnnpack`` on ARM). Setting it changes torch's global engine.
 
     The result takes the same float input (any memory format, ``channels_last`` included) and
     returns float logits; it runs on the CPU only. ``lcnn_lab.profile.measure_latency`` accepts it,
@@ -530,10 +557,10 @@ def to_int8(model: nn.Module, calibration_images: torch.Tensor | int = 512, batc
     from torch.ao.quantization.fx.custom_config import PrepareCustomConfig
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
-    engine = engine or torch.backends.quantized.engine
-    if engine not in torch.backends.quantized.supported_engines:
+    engine = engine or int8_engine()
+    if engine not in supported_int8_engines():
         raise ValueError(f"engine={engine!r} is not available in this torch build; choose one of "
-                         f"{', '.join(e for e in torch.backends.quantized.supported_engines if e != 'none')}")
+                         f"{', '.join(e for e in supported_int8_engines() if e != 'none')}")
     if torch.backends.quantized.engine != engine:
         torch.backends.quantized.engine = engine
     float_model = _plain_layers(remove_masks(copy.deepcopy(model).cpu().eval()))

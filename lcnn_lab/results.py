@@ -99,9 +99,13 @@ class ResultsStore:
 
     def get(self, key: dict) -> dict | None:
         """The stored entry ``{"key", "metrics", "provenance"}`` for ``key``, or None."""
-        entry = self._read(self.path(key))
+        path = self.path(key)
+        entry = self._read(path)
         if entry is not None and entry.get("key") != key:  # a hash collision, or a hand-edited file
-            return None
+            entry = None
+        if os.environ.get("LCNN_STORE_TRACE"):      # benchmarks/chapter_times.py: what a chapter reads
+            with open(os.environ["LCNN_STORE_TRACE"], "a") as trace:
+                trace.write(json.dumps({"entry": f"{path.parent.name}/{path.name}", "hit": entry is not None}) + "\n")
         return entry
 
     def put(self, key: dict, metrics: dict, provenance: dict | None = None) -> dict:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from lcnn_lab.classroom import ANSWER, SOLUTIONS, exercise_cells, load_solutions  # noqa: F401 - shared with the tests
+
 # Debian's packages (`make browser`); the driver path is passed explicitly, so Selenium Manager is
 # never asked to find or download anything (it would need the internet).
 CHROMIUM = Path(shutil.which("chromium") or "/usr/bin/chromium")
@@ -74,21 +76,11 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
-SOLUTIONS = ROOT / "tests" / "solutions.yml"
-ANSWER = re.compile(r"^(?P<name>\w+) = \.\.\.", re.M)     # an exercise's blank: `name = ...  # hint`
-CHECK_CALL = re.compile(r"\bcheck_\w+\s*\(")                    # a call of a lcnn_lab.exercises check
 SOLUTION_TAG = "lcnn-answer-check"
 
 
-def exercise_cells(nb) -> list[tuple[int, list[str]]]:
-    """``(cell index, exercise variables)`` of every self-check cell with blanks to fill."""
-    return [(i, ANSWER.findall(c.source)) for i, c in enumerate(nb.cells)
-            if c.cell_type == "code" and CHECK_CALL.search(c.source) and ANSWER.search(c.source)]
-
-
 def solutions(notebook: str) -> dict[str, dict]:
-    import yaml
-    return (yaml.safe_load(SOLUTIONS.read_text()) or {}).get(notebook, {}) or {}
+    return load_solutions(notebook)
 
 
 def answer_cells(nb, notebook: str):

@@ -273,3 +273,33 @@ def test_check_hashed_never_needs_the_answer_in_the_cell(capsys):
     assert "replace the ... (or None)" in lines[4]
     for line in lines:
         assert_expected_not_shown(line, 64, 1.051)
+
+
+# ---- grading (lcnn_lab.classroom sets LCNN_GRADING=1 while nbgrader runs a submission) --------------
+
+def test_while_grading_a_failed_check_raises_after_its_line(capsys, monkeypatch):
+    from lcnn_lab.exercises import ExerciseFailed
+    monkeypatch.setenv("LCNN_GRADING", "1")
+    with pytest.raises(ExerciseFailed):
+        check_close("a ratio", 0.5, EXPECTED, hint="look again")
+    assert_expected_not_shown(assert_one_line(printed(capsys), "FAIL", "a ratio"), EXPECTED)
+    with pytest.raises(ExerciseFailed):
+        check_close("a ratio", ..., EXPECTED)                 # a blank scores nothing either
+    printed(capsys)
+    check_close("a ratio", EXPECTED, EXPECTED)                # a right answer does not raise
+    assert_one_line(printed(capsys), "PASS", "a ratio")
+
+
+def test_a_prediction_is_never_graded(capsys, monkeypatch):
+    from lcnn_lab.exercises import check_prediction
+    monkeypatch.setenv("LCNN_GRADING", "1")
+    check_prediction("a latency ratio", 10.0, measured=1.0)   # far off: reported, not raised
+    assert_one_line(printed(capsys), "FAIL", "a latency ratio")
+    check_prediction("a latency ratio", ..., measured=1.0)    # blank: the explanation is marked by hand
+    assert_one_line(printed(capsys), "FAIL", "a latency ratio")
+
+
+def test_outside_grading_a_failed_check_only_prints(capsys, monkeypatch):
+    monkeypatch.delenv("LCNN_GRADING", raising=False)
+    check_close("a ratio", 0.5, EXPECTED)
+    assert_one_line(printed(capsys), "FAIL", "a ratio")

@@ -310,6 +310,61 @@ def test_int8_model_runs_int8_kernels_and_agrees_with_fp32(trained, test_batch):
     assert abs(T.evaluate(int8, n=500).value - T.evaluate(trained, n=500).value) < 0.05
 
 
+# ---- the int8 engine a student's laptop has -----------------------------------------------------
+
+X86_BUILD = ["none", "onednn", "x86", "fbgemm", "qnnpack"]     # torch's Linux/Windows x86 wheels
+ARM_BUILD = ["qnnpack", "none"]                                # macOS arm64, Linux aarch64 wheels
+
+
+@pytest.mark.parametrize("machine, supported, expected", [
+    ("x86_64", X86_BUILD, "x86"),             # Linux, Intel or AMD
+    ("AMD64", X86_BUILD, "x86"),              # Windows
+    ("x86_64", ["none", "fbgemm", "qnnpack"], "fbgemm"),   # an older x86 build
+    ("arm64", ARM_BUILD, "qnnpack"),          # Apple silicon
+    ("aarch64", ARM_BUILD, "qnnpack"),        # Raspberry Pi 4/5 (64-bit), ARM servers
+    ("armv7l", ARM_BUILD, "qnnpack"),         # Raspberry Pi (32-bit)
+])
+def test_int8_engine_is_the_one_the_processor_has(machine, supported, expected):
+    assert Q.int8_engine(supported, machine) == expected
+
+
+def test_int8_engine_missing_says_what_is_needed():
+    with pytest.raises(RuntimeError, match="no int8 engine for a arm64 processor.*needs qnnpack"):
+        Q.int8_engine(["none"], "arm64")
+
+
+def test_to_int8_on_an_arm_laptop_builds_for_qnnpack(trained, test_batch, monkeypatch):
+    """With the processor reported as ARM, to_int8 picks qnnpack by itself; this x86 build has
+    qnnpack too, so the ARM model is built and run here for real."""
+    before = torch.backends.quantized.engine
+    monkeypatch.setattr(Q.platform, "machine", lambda: "arm64")
+    monkeypatch.setattr(Q, "supported_int8_engines", lambda: ARM_BUILD)
+    try:
+        int8 = Q.to_int8(trained, 64)
+        assert torch.backends.quantized.engine == "qnnpack"
+        agree = (int8(test_batch).argmax(1) == trained(test_batch).argmax(1)).float().mean()
+        assert agree > 0.9
+    finally:
+        torch.backends.quantized.engine = before
+
+
+def test_default_budget_and_device_on_a_mac(monkeypatch):
+    """A Mac with Apple silicon: its GPU (mps) is picked for training, the budget stays quick (full is
+    for CUDA GPUs), and an explicit LCNN_DEVICE=cpu still wins."""
+    from lcnn_lab import config
+    monkeypatch.delenv("LCNN_BUDGET", raising=False)
+    monkeypatch.delenv("LCNN_DEVICE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert config.get_device().type == "mps"
+    assert config.get_budget().name == "quick"
+    monkeypatch.setenv("LCNN_DEVICE", "cpu")
+    assert config.get_device().type == "cpu"
+    monkeypatch.delenv("LCNN_DEVICE")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert config.get_device().type == "cuda" and config.get_budget().name == "full"
+
+
 def test_int8_of_a_filter_pruned_model(trained, test_batch):
     int8 = Q.to_int8(P.prune_filters(trained, 0.5), 64)   # 64 training images as calibration
     assert Q.is_int8(int8) and int8(test_batch[:4]).shape == (4, 10)
