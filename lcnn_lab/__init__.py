@@ -6,6 +6,6 @@
 """
 __version__ = "0.1.0"
 
-from . import (classroom, config, data, exercises, families, features, imagenet,  # noqa: E402,F401
+from . import (classroom, config, data, distill, exercises, families, features, imagenet,  # noqa: E402,F401
                layers, models, profile, prune, quant, render, reparam, results, train, trained, units,
                widgets)

@@ -331,11 +331,14 @@ def _lr_factor(progress: float, warmup: float) -> float:
     return max(0.0, (1 - progress) / (1 - warmup))
 
 
-def train(model: nn.Module, cfg: TrainConfig | None = None, on_progress=None, **overrides) -> TrainResult:
+def train(model: nn.Module, cfg: TrainConfig | None = None, on_progress=None, criterion=None,
+          **overrides) -> TrainResult:
     """Train ``model`` on CIFAR-10 in place under ``cfg`` (fields may also be given as keywords).
 
     ``on_progress(fraction, text)``, if given, is called after every step with the fraction of the
-    schedule done and a short status line (a widget's progress bar uses it).
+    schedule done and a short status line (a widget's progress bar uses it). ``criterion(model, x,
+    labels)``, if given, replaces the loss of a step (default: label-smoothed cross-entropy of
+    ``model(x)``); :mod:`lcnn_lab.distill` passes one that asks a teacher too.
 
     Returns a :class:`TrainResult` with the final test accuracy (and standard error), the per-epoch
     history, the training seconds (evaluation excluded) and where it ran.
@@ -393,7 +396,7 @@ def train(model: nn.Module, cfg: TrainConfig | None = None, on_progress=None, **
         progress = max(step / total_steps, seconds / cfg.max_seconds if cfg.max_seconds else 0.0)
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * _lr_factor(progress, cfg.warmup)
-        loss = loss_fn(model(x), labels[batch])
+        loss = loss_fn(model(x), labels[batch]) if criterion is None else criterion(model, x, labels[batch])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
