@@ -20,6 +20,7 @@ without gradients) and keeps the result in the results store, keyed by the teach
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -29,9 +30,9 @@ import torch.nn.functional as F
 from . import config
 from .data import data_source
 from .models import create_model, model_knobs
-from .results import ResultsStore, make_key
+from .results import ResultsStore, key_hash, make_key
 from .train import TrainConfig, TrainResult, initialize, train
-from .trained import _metrics, _provenance, state_hash
+from .trained import _metrics, _provenance, load_checkpoint, save_checkpoint, state_hash
 
 
 # ----------------------------------------------------------------------------------------------
@@ -246,11 +247,18 @@ def train_student(student: nn.Module, teacher: nn.Module, loss: DistillLoss,
             tap.remove()
 
 
+def student_path(store: ResultsStore, key: dict) -> Path:
+    """Where a distilled student's weights are kept: ``<store>/students/`` (not ``checkpoints/``,
+    whose files :func:`lcnn_lab.trained.remeasure` rebuilds as plain trainings)."""
+    return store.root / "students" / f"{key['student']}-{key_hash(key)}.pt"
+
+
 def distill(name: str, teacher: nn.Module, loss: DistillLoss, cfg: TrainConfig | None = None,
             store: ResultsStore | None = None, compute: bool = True, **knobs) -> dict | None:
     """The stored result of distilling ``create_model(name, **knobs)`` from ``teacher`` with ``loss``
-    under ``cfg``'s budget, training it first if ``compute`` and nothing is stored. Returns the
-    metrics (``accuracy``, ``accuracy_se``, ``seconds``, ...) with their provenance, or None."""
+    under ``cfg``'s budget, training it first if ``compute`` and nothing is stored (the student's
+    weights are kept too: :func:`distilled`). Returns the metrics (``accuracy``, ``accuracy_se``,
+    ``seconds``, ...) with their provenance, or None."""
     cfg = (cfg or TrainConfig()).resolved()
     store = store if store is not None else ResultsStore()
     config.seed_everything(cfg.seed)      # the student's initial weights come from the seed too
@@ -260,8 +268,27 @@ def distill(name: str, teacher: nn.Module, loss: DistillLoss, cfg: TrainConfig |
     if entry is None and compute:
         r = train_student(student, teacher, loss, cfg)
         entry = store.put(key, _metrics(r), _provenance(r))
+        save_checkpoint(student_path(store, key), student, name, model_knobs(student), entry["provenance"])
     return None if entry is None else {**entry["metrics"], **entry["provenance"]}
 
 
-__all__ = ["DistillLoss", "FitNet", "Outputs", "RKD", "ResponseKD", "distill", "distill_key", "kd_loss",
-           "soft_targets", "train_student"]
+def distilled(name: str, teacher: nn.Module, loss: DistillLoss, cfg: TrainConfig | None = None,
+              store: ResultsStore | None = None, **knobs) -> nn.Module:
+    """The distilled student itself (eval mode, on the CPU), loaded from the store's ``students/``;
+    distilled first (:func:`distill`) if its weights are not there. ``.provenance`` holds its record."""
+    cfg = (cfg or TrainConfig()).resolved()
+    store = store if store is not None else ResultsStore()
+    student = create_model(name, **knobs)
+    key = distill_key(name, model_knobs(student), teacher, loss, cfg, config.get_device(cfg.device))
+    provenance = load_checkpoint(student_path(store, key), student)
+    if provenance is None:
+        if store.get(key) is not None:        # metrics without weights: train again, replacing both
+            store.path(key).unlink()
+        distill(name, teacher, loss, cfg, store=store, **knobs)
+        provenance = load_checkpoint(student_path(store, key), student)
+    student.provenance = provenance
+    return student.eval()
+
+
+__all__ = ["DistillLoss", "FitNet", "Outputs", "RKD", "ResponseKD", "distill", "distill_key", "distilled",
+           "kd_loss", "soft_targets", "student_path", "train_student"]

@@ -37,6 +37,7 @@ MEASUREMENT_FORMATS: dict[str, int] = {
     "checkpoint": 2,   # weights saved by lcnn_lab.trained.pretrained (2: trained by format-2 training)
     "finetune": 2,     # lcnn_lab.trained.finetune (2: of a format-2 checkpoint, with the format-2 trainer)
     "imagenet": 1,     # lcnn_lab.imagenet.imagenet_stats (fvcore counts, torchvision metadata)
+    "distill": 1,      # lcnn_lab.distill.distill (1: the format-2 trainer; bump with "train")
 }
 
 

@@ -131,6 +131,10 @@ def test_distill_trains_a_student_and_stores_it(teacher, loss, tmp_path):
     other = D.distill("cifar_net", teacher, D.ResponseKD(T=1, alpha=0.9), cfg, store=store, compute=False,
                       width=0.5)
     assert other is None                                             # another loss is another entry
+    student = D.distilled("cifar_net", teacher, loss, cfg, store=store, width=0.5)   # its weights, kept
+    assert not student.training and student.provenance["budget"] == "smoke"
+    assert len(list(store.root.glob("distill/*.json"))) == 1, "loaded, not distilled again"
+    assert list(store.root.glob("students/cifar_net-*.pt")) and not (store.root / "checkpoints").exists()
 
 
 def test_distill_names_a_missing_layer(teacher, tmp_path):
