@@ -7,5 +7,5 @@
 __version__ = "0.1.0"
 
 from . import (classroom, config, data, distill, exercises, families, features, imagenet,  # noqa: E402,F401
-               layers, models, profile, prune, quant, render, reparam, results, train, trained, units,
+               layers, lowrank, models, profile, prune, quant, render, reparam, results, train, trained, units,
                widgets)

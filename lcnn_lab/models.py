@@ -14,6 +14,7 @@ the stem and the classifier stay as they are (AdderNet, too, keeps its first and
 ``repvgg_net`` is cifar_net's shape built from RepVGG blocks (long2024 §2.4): three branches while
 training, one 3 x 3 convolution each after :func:`lcnn_lab.reparam.reparameterize`.
 ``lenet`` is the classic PyTorch tutorial network (after LeCun et al. 1998), a reference point.
+``vgg_cifar`` is a VGG-style network with VGG's large fully-connected classifier (chapter 09).
 All models take a normalised float batch ``(B, 3, 32, 32)`` and return logits ``(B, 10)``.
 """
 from __future__ import annotations
@@ -30,8 +31,8 @@ from .config import is_positive_int
 from .layers import ConvKxK, check_design, check_kernel_size, make_conv
 from .reparam import RepVGGBlock
 
-__all__ = ["NetConfig", "CifarNetConfig", "RepVGGNetConfig", "LeNetConfig", "CifarNet", "RepVGGNet", "LeNet",
-           "create_model", "from_config", "list_models", "register", "model_knobs", "CIFAR_NET_WIDTHS"]
+__all__ = ["NetConfig", "CifarNetConfig", "RepVGGNetConfig", "LeNetConfig", "VGGCifarConfig", "CifarNet",
+           "RepVGGNet", "LeNet", "VGGCifar", "create_model", "from_config", "list_models", "register", "model_knobs", "CIFAR_NET_WIDTHS"]
 
 NUM_CLASSES = 10
 
@@ -126,6 +127,19 @@ class RepVGGNetConfig(NetConfig):
 class LeNetConfig(NetConfig):
     """``lenet`` has no knobs."""
     name: ClassVar[str] = "lenet"
+
+
+@dataclass(frozen=True)
+class VGGCifarConfig(NetConfig):
+    """Knobs of ``vgg_cifar``: a width multiplier for its convolutions (the classifier stays 512 wide)."""
+    name: ClassVar[str] = "vgg_cifar"
+    width: float = 1.0       # multiplies every convolution's channel count, rounded to a multiple of 8
+
+    def __post_init__(self):
+        if isinstance(self.width, bool) or not isinstance(self.width, (int, float)) or not 0 < self.width <= 4:
+            raise ValueError(f"vgg_cifar knob width={self.width!r} must be a number in (0, 4]: it "
+                             f"multiplies every convolution's channel count (1.0 = the baseline)")
+        object.__setattr__(self, "width", float(self.width))
 
 
 def _knob_check(knob: str, value: Any, check: Callable[[Any], Any]) -> None:
@@ -275,6 +289,52 @@ class LeNet(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
+# vgg_cifar
+
+# VGG-11's convolutions at half width ("M": 2 x 2 max-pool), one stage fewer for a 32 x 32 image
+VGG_CIFAR = (32, "M", 64, "M", 128, 128, "M", 256, 256, "M")
+VGG_CIFAR_HIDDEN = 512   # the classifier's hidden width (VGG's 4096 scaled to CIFAR-10)
+
+
+class VGGCifar(nn.Module):
+    """A VGG-style network with VGG's large fully-connected classifier (Simonyan and Zisserman 2015):
+    the model of chapter 09, where a real classifier makes the fully-connected layers' share of the
+    parameters, and their truncated SVD, worth measuring.
+
+    ==========  ===================================================  ===============
+    part        layers (VGG_CIFAR, width 1)                          output
+    ==========  ===================================================  ===============
+    features    conv 3x3 + BN + ReLU: 32, M, 64, M, 128, 128, M,      256 x 2 x 2
+                256, 256, M (M: 2 x 2 max-pool)
+    classifier  linear 1024 -> 512, ReLU, 512 -> 512, ReLU, 512 -> 10  10
+    ==========  ===================================================  ===============
+
+    No dropout: the book trains for an epoch or a few, where dropout only slows learning.
+    """
+
+    def __init__(self, config: VGGCifarConfig = VGGCifarConfig()):
+        super().__init__()
+        self.config = config
+        layers: list[nn.Module] = []
+        c = 3
+        for v in VGG_CIFAR:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+                continue
+            c_out = _round_width(v * config.width)
+            layers += [nn.Conv2d(c, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+            c = c_out
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(
+            nn.Linear(c * 2 * 2, VGG_CIFAR_HIDDEN), nn.ReLU(inplace=True),
+            nn.Linear(VGG_CIFAR_HIDDEN, VGG_CIFAR_HIDDEN), nn.ReLU(inplace=True),
+            nn.Linear(VGG_CIFAR_HIDDEN, NUM_CLASSES))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+# ----------------------------------------------------------------------------------------------
 # Registry
 
 # model name -> (config class, builder)
@@ -282,6 +342,7 @@ _MODELS: dict[str, tuple[type[NetConfig], Callable[[Any], nn.Module]]] = {
     "cifar_net": (CifarNetConfig, CifarNet),
     "lenet": (LeNetConfig, LeNet),
     "repvgg_net": (RepVGGNetConfig, RepVGGNet),
+    "vgg_cifar": (VGGCifarConfig, VGGCifar),
 }
 
 

@@ -207,7 +207,12 @@ def _fake_quant(model: nn.Module, bits: int) -> nn.Module:
 
 # Named changes a fine-tune can start from: a stored fine-tune that names its recipe can be measured
 # again from its key alone (``make results``); a notebook can still pass any function instead.
-RECIPES: dict[str, Callable[..., nn.Module]] = {"prune": _prune, "fake_quant": _fake_quant}
+def _lowrank(model: nn.Module, **args) -> nn.Module:
+    from .lowrank import decompose
+    return decompose(model, **args)
+
+
+RECIPES: dict[str, Callable[..., nn.Module]] = {"prune": _prune, "fake_quant": _fake_quant, "lowrank": _lowrank}
 
 
 def _finetune_key(base: nn.Module, what: dict | str, cfg: TrainConfig, eval_images: int | None) -> dict:
