@@ -256,6 +256,6 @@ def describe(budget: str | Budget | None = None, threads: int | None = None) -> 
     Notebooks print it beside their results, so that every figure can be traced to its machine.
     """
     p = provenance(budget, threads, data=False)
-    threads = f"{p['threads']} CPU thread{'' if str(p['threads']) == '1' else 's'}"
+    threads = f"{p['threads']} CPU thread{'' if p['threads'] == '1' else 's'}"
     return (f"{p['device']} ({p['device_name']}), {threads}, budget '{p['budget']}', "
             f"torch {p['torch']}, lcnn_lab {p['lcnn_lab']}, {p['date']}")

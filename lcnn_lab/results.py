@@ -71,6 +71,14 @@ def key_hash(key: dict) -> str:
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def trace_read(path: Path, hit: bool, **extra) -> None:
+    """Append one read of the store (an entry, or a checkpoint with ``extra``) to ``$LCNN_STORE_TRACE``,
+    if set: benchmarks/chapter_times.py records what a chapter reads."""
+    if os.environ.get("LCNN_STORE_TRACE"):
+        with open(os.environ["LCNN_STORE_TRACE"], "a") as trace:
+            trace.write(json.dumps({"entry": f"{path.parent.name}/{path.name}", "hit": hit, **extra}) + "\n")
+
+
 class ResultsStore:
     """An on-disk store of measured results. ``ResultsStore()`` opens the default one (``results/``)."""
 
@@ -104,9 +112,7 @@ class ResultsStore:
         entry = self._read(path)
         if entry is not None and entry.get("key") != key:  # a hash collision, or a hand-edited file
             entry = None
-        if os.environ.get("LCNN_STORE_TRACE"):      # benchmarks/chapter_times.py: what a chapter reads
-            with open(os.environ["LCNN_STORE_TRACE"], "a") as trace:
-                trace.write(json.dumps({"entry": f"{path.parent.name}/{path.name}", "hit": entry is not None}) + "\n")
+        trace_read(path, entry is not None)
         return entry
 
     def put(self, key: dict, metrics: dict, provenance: dict | None = None) -> dict:

@@ -37,7 +37,7 @@ from . import config, prune, quant
 from .data import data_source
 from .models import create_model, model_knobs
 from .profile import count_params
-from .results import ResultsStore, key_hash, make_key, measurement_format
+from .results import ResultsStore, key_hash, make_key, measurement_format, trace_read
 from .train import Accuracy, TrainConfig, TrainResult, evaluate, initialize, train
 
 __all__ = ["train_model", "trained_accuracy", "pretrained", "checkpoint_path", "load_checkpoint",
@@ -139,10 +139,7 @@ def load_checkpoint(path: Path, model: nn.Module) -> dict | None:
             raise ValueError(f"checkpoint format {ckpt.get('format')}, this lcnn_lab reads format "
                              f"{measurement_format('checkpoint')}")
         model.load_state_dict(ckpt["state_dict"])
-        if os.environ.get("LCNN_STORE_TRACE"):      # benchmarks/chapter_times.py: what a chapter reads
-            with open(os.environ["LCNN_STORE_TRACE"], "a") as trace:
-                trace.write(json.dumps({"entry": f"{path.parent.name}/{path.name}", "hit": True,
-                                        "seconds": ckpt["provenance"].get("seconds")}) + "\n")
+        trace_read(path, True, seconds=ckpt["provenance"].get("seconds"))
         return ckpt["provenance"]
     except FileNotFoundError:
         return None
@@ -205,13 +202,13 @@ def _fake_quant(model: nn.Module, bits: int) -> nn.Module:
     return model if bits == 32 else quant.add_fake_quant(model, bits)
 
 
-# Named changes a fine-tune can start from: a stored fine-tune that names its recipe can be measured
-# again from its key alone (``make results``); a notebook can still pass any function instead.
 def _lowrank(model: nn.Module, **args) -> nn.Module:
     from .lowrank import decompose
     return decompose(model, **args)
 
 
+# Named changes a fine-tune can start from: a stored fine-tune that names its recipe can be measured
+# again from its key alone (``make results``); a notebook can still pass any function instead.
 RECIPES: dict[str, Callable[..., nn.Module]] = {"prune": _prune, "fake_quant": _fake_quant, "lowrank": _lowrank}
 
 
