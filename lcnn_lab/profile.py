@@ -59,7 +59,7 @@ __all__ = [
     "depthwise_separable_params", "depthwise_separable_macs", "stacked3x3_params", "stacked3x3_macs",
     "factorized_params", "factorized_macs", "bottleneck_params", "bottleneck_macs",
     "ghost_params", "ghost_macs", "ghost_speedup", "adder_ops",
-    "conv_variant_params", "conv_variant_macs", "receptive_field",
+    "conv_variant_params", "conv_variant_macs", "receptive_field", "layer_times",
     # measurements
     "ZERO_MAC_OPS", "MacCount", "Latency", "Profile", "Measurement", "LatencyComparison",
     "count_params", "count_macs", "formula_macs", "model_size_bytes", "measure_latency", "profile",
@@ -613,6 +613,88 @@ class Profile:
         return "\n".join(lines)
 
 
+def _traced_macs(model: nn.Module, input_size: tuple[int, ...]) -> MacCount:
+    """:func:`count_macs`, with a failure to run or trace the model turned into one clear ValueError."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"profile needs a torch.nn.Module, got {type(model).__name__}: build the model first "
+                         f"(e.g. torchvision.models.resnet18() or lcnn_lab.models.create_model('cifar_net'))")
+    try:
+        return count_macs(model, input_size)
+    except Exception as err:  # noqa: BLE001 - any failure inside the user's forward() or the tracer
+        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        raise ValueError(f"could not run and trace {type(model).__name__} on one input of shape {input_size}: "
+                         f"{first}. Pass the input_size the model expects, e.g. (1, 3, 224, 224) for an "
+                         f"ImageNet network; a forward() that takes several inputs, or returns something "
+                         f"other than tensors, cannot be profiled") from None
+
+
+def layer_times(model: nn.Module, input_size: Sequence[int] = (1, 3, 32, 32), threads: int | None = None,
+                repeats: int = 20, warmup: int = 3) -> pd.DataFrame:
+    """Where a forward pass spends its time: one row per leaf module (a layer with no children), with
+    its type, output shape, params, MACs (fvcore, per forward pass of ``input_size``) and median
+    time over ``repeats`` passes, plus a row "(between layers)" for what no layer accounts for
+    (functional calls such as ``torch.cat`` or ``flatten`` inside ``forward``, and Python overhead).
+
+    Each layer is timed by hooks around its own call, so the hooks' overhead (a few microseconds a
+    layer) is in the times; the total is the median time of the whole pass with the hooks on.
+    """
+    check_positive_int("repeats", repeats)
+    shape = tuple(int(s) for s in input_size)
+    macs = _traced_macs(model, shape)
+    leaves = [(n, m) for n, m in model.named_modules() if n and not any(True for _ in m.children())]
+    times: dict[str, list[float]] = {n: [] for n, _ in leaves}
+    outputs: dict[str, tuple] = {}
+    started: dict[str, float] = {}
+    handles = []
+    def before(name: str):
+        def hook(_module, _args) -> None:
+            started[name] = timeit.default_timer()
+        return hook
+
+    def after(name: str):
+        def hook(_module, _args, out) -> None:    # returns None: the output is left as it is
+            times[name].append(timeit.default_timer() - started[name])
+            outputs.setdefault(name, tuple(out.shape) if torch.is_tensor(out) else ())
+        return hook
+
+    for name, module in leaves:
+        handles += [module.register_forward_pre_hook(before(name)), module.register_forward_hook(after(name))]
+    x = torch.randn(shape, device=_model_device(model))
+    totals = []
+    try:
+        with _eval_mode(model), torch.inference_mode(), _torch_threads(get_threads(threads)):
+            for i in range(warmup + repeats):
+                if i == warmup:
+                    for v in times.values():
+                        v.clear()
+                t0 = timeit.default_timer()
+                model(x)
+                if i >= warmup:
+                    totals.append(timeit.default_timer() - t0)
+    finally:
+        for h in handles:
+            h.remove()
+    rows = []
+    for name, module in leaves:
+        if not times[name]:
+            continue                     # defined but not called in forward()
+        calls = len(times[name]) // repeats or 1
+        per_pass = [sum(times[name][i * calls:(i + 1) * calls]) for i in range(repeats)]
+        rows.append({"layer": name, "type": type(module).__name__, "output": outputs.get(name, ()),
+                     "params": sum(p.numel() for p in module.parameters(recurse=False)),
+                     "MACs": macs.by_module.get(name, 0), "time (ms)": 1e3 * statistics.median(per_pass)})
+    table = pd.DataFrame(rows)
+    total_ms = 1e3 * statistics.median(totals)
+    other = max(0.0, total_ms - table["time (ms)"].sum()) if len(table) else total_ms
+    table = pd.concat([table, pd.DataFrame([{"layer": "(between layers)", "type": "", "output": (), "params": 0,
+                                             "MACs": macs.total - int(table["MACs"].sum()) if len(table) else macs.total,
+                                             "time (ms)": other}])], ignore_index=True)
+    table["time share"] = table["time (ms)"] / table["time (ms)"].sum()
+    table["MACs share"] = table["MACs"] / max(1, macs.total)
+    table.attrs.update(total_ms=total_ms, threads=get_threads(threads), input_size=shape)
+    return table.set_index("layer")
+
+
 def profile(model: nn.Module, input_size: Sequence[int] = (1, 3, 32, 32), batch: int | None = None,
             threads: int | None = None, device: str | torch.device | None = None,
             latency: bool = True, bits: int = 32, **latency_kwargs: Any) -> Profile:
@@ -622,7 +704,7 @@ def profile(model: nn.Module, input_size: Sequence[int] = (1, 3, 32, 32), batch:
     ``input_size[0]``). Extra keyword arguments go to :func:`measure_latency` (e.g. ``min_run_time``).
     """
     image = tuple(int(s) for s in input_size[1:])
-    macs = count_macs(model, (1, *image))
+    macs = _traced_macs(model, (1, *image))
     config = getattr(model, "config", None)
     return Profile(
         model=str(config) if config is not None else type(model).__name__,

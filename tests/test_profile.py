@@ -267,3 +267,30 @@ def test_arithmetic_intensity_of_depthwise_is_far_lower():
     macs = P.conv2d_macs(64, 64, 3, 16, 16)
     values = 64 * 16 * 16 * 2 + 64 * 64 * 9
     assert standard == pytest.approx(macs / (4 * values))
+
+
+def test_layer_times_cover_every_layer_and_add_up():
+    from lcnn_lab.profile import layer_times
+    model = M.create_model("cifar_net")
+    table = layer_times(model, threads=1, repeats=5)
+    leaves = [n for n, m in model.named_modules() if n and not list(m.children())]
+    assert list(table.index[:-1]) == leaves and table.index[-1] == "(between layers)"
+    assert table["MACs"].sum() == P.count_macs(model).total
+    assert table["time share"].sum() == pytest.approx(1.0)
+    assert (table["time (ms)"] >= 0).all()
+    assert table.loc["head", "output"] == (1, 10)
+
+
+def test_profile_explains_a_module_it_cannot_run():
+    from lcnn_lab.profile import profile
+
+    class TwoInputs(torch.nn.Module):
+        def forward(self, a, b):
+            return a + b
+
+    with pytest.raises(ValueError, match="could not run and trace TwoInputs"):
+        profile(TwoInputs(), latency=False)
+    with pytest.raises(ValueError, match=r"input_size the model expects"):
+        profile(torch.nn.Linear(10, 3), latency=False)
+    with pytest.raises(ValueError, match="needs a torch.nn.Module"):
+        profile("resnet18", latency=False)
