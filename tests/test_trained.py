@@ -214,3 +214,17 @@ def test_remeasure_leaves_alone_what_others_write_while_it_runs(tmp_path, monkey
     done = TR.remeasure(store, progress=False)
     assert done["trainings"] == 1 and done["deleted"] == 1                 # the stale entry only
     assert (tmp_path / "train" / "written-meanwhile.json").exists()
+
+
+def test_remeasure_keeps_what_a_chapter_chose_to_train(tmp_path, monkeypatch):
+    """A low-fidelity training (chapter 06: a subset of the images, fewer test images) is trained again
+    as such, not as the budget's default training."""
+    monkeypatch.setenv("LCNN_RESULTS", str(tmp_path))
+    low = TrainConfig(budget="smoke", train_images=300, eval_images=200, progress=False)
+    TR.trained_accuracy("cifar_net", low, width=0.25)
+    store = ResultsStore()
+    monkeypatch.setitem(results.MEASUREMENT_FORMATS, "train", results.MEASUREMENT_FORMATS["train"] + 1)
+    assert TR.remeasure(store, progress=False)["trainings"] == 1
+    (entry,) = store.entries("train")
+    assert entry["key"]["train"]["train_images"] == 300 and entry["key"]["train"]["eval_images"] == 200
+    assert entry["metrics"]["eval_images"] == 200
