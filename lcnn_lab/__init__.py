@@ -6,6 +6,7 @@
 """
 __version__ = "0.1.0"
 
-from . import (classroom, config, data, distill, exercises, families, features, imagenet,  # noqa: E402,F401
-               layers, lowrank, models, profile, prune, quant, render, reparam, results, train, trained, units,
+from . import (classroom, config, data, deepcompress, distill, exercises, families, features, imagenet,  # noqa: E402,F401
+               layers, lowrank, models, nas, profile, prune, quant, render, reparam, results, runtime, train, trained,
+               units,
                widgets)

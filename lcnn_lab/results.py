@@ -38,6 +38,9 @@ MEASUREMENT_FORMATS: dict[str, int] = {
     "finetune": 2,     # lcnn_lab.trained.finetune (2: of a format-2 checkpoint, with the format-2 trainer)
     "imagenet": 1,     # lcnn_lab.imagenet.imagenet_stats (fvcore counts, torchvision metadata)
     "distill": 1,      # lcnn_lab.distill.distill (1: the format-2 trainer; bump with "train")
+    "nas": 1,          # lcnn_lab.nas.search / darts_search (1: the format-2 trainer; bump with "train")
+    "deepcompress": 1,  # lcnn_lab.deepcompress.deep_compression (1: the format-2 trainer; bump with "train")
+    "atlas": 1,        # lcnn_lab.runtime.atlas_row (latency per machine and runtime versions)
 }
 
 
