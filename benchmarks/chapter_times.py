@@ -66,6 +66,10 @@ def run(path: Path, budget: str) -> tuple[float, list[dict]]:
             for k, v in saved.items():
                 os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
         reads = [json.loads(line) for line in trace.read().splitlines() if line.strip()]
+    # only the book's store: chapter 06's worker processes train into a scratch store of their own
+    from lcnn_lab import config
+    store = str(config.results_dir().resolve())
+    reads = [r for r in reads if r.get("store", store) == store]
     return seconds, reads
 
 

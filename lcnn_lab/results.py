@@ -79,7 +79,8 @@ def trace_read(path: Path, hit: bool, **extra) -> None:
     if set: benchmarks/chapter_times.py records what a chapter reads."""
     if os.environ.get("LCNN_STORE_TRACE"):
         with open(os.environ["LCNN_STORE_TRACE"], "a") as trace:
-            trace.write(json.dumps({"entry": f"{path.parent.name}/{path.name}", "hit": hit, **extra}) + "\n")
+            trace.write(json.dumps({"entry": f"{path.parent.name}/{path.name}", "hit": hit,
+                                    "store": str(path.parent.parent.resolve()), **extra}) + "\n")
 
 
 class ResultsStore:
