@@ -190,7 +190,8 @@ def test_make_conv_errors_explain_the_rule(kwargs, message):
 def test_list_models():
     assert M.list_models()[:4] == ["cifar_net", "lenet", "repvgg_net", "vgg_cifar"]
     assert set(M.list_models()[4:]) == {"squeezenet_cifar", "mobilenet_v1_cifar", "mobilenet_v2_cifar",
-                                        "shufflenet_v2_cifar", "mobilenet_v3_cifar", "ghostnet_cifar"}
+                                        "shufflenet_v2_cifar", "mobilenet_v3_cifar", "ghostnet_cifar",
+                                        "nas_net"}   # chapter 06's search space (lcnn_lab.nas)
 
 
 def test_lenet_matches_the_pytorch_tutorial():
