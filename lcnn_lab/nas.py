@@ -20,6 +20,7 @@ Every strategy takes the space and an ``objective(arch) -> Evaluation`` and retu
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -29,7 +30,6 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterable, Mapping, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -410,9 +410,7 @@ def naswot(model: nn.Module, images: torch.Tensor) -> float:
 
 
 def _copy_for_proxy(model: nn.Module) -> nn.Module:
-    import copy
-    net = copy.deepcopy(model).cpu().float().eval()   # BatchNorm uses its (initial) running statistics
-    return net
+    return copy.deepcopy(model).cpu().float().eval()   # BatchNorm uses its (initial) running statistics
 
 
 def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
